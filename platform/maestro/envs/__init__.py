@@ -1,0 +1,1 @@
+"""Environments: LQG, NetHack (NLE), MuJoCo/gymnasium, MinAtar, text bandits."""

@@ -1,0 +1,238 @@
+"""Experiment specs: YAML files validated against the method's own pydantic schema.
+
+A spec file looks like::
+
+    method: randomist
+    seed: 0
+    config: {...}            # validated by the method's schema
+    resources: {...}         # ResourcesSpec
+    tracking: {...}          # TrackingSpec
+    store: {...}             # StoreSpec
+    sweep: {...}             # optional, read by `maestro sweep`
+    presets:                 # optional named overlays, chosen with --preset
+      smoke: {config: {...}}
+      full: {config: {...}}
+
+Loading applies the preset, then the `--set a.b=c` overrides, then validates the whole
+thing. Unknown keys are errors. Every error is a `SpecError` whose message names the file
+and the field, so the CLI can print one line and exit 2 before anything is created.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class SpecError(ValueError):
+    """A spec or override that cannot be used; the message names the file and the field."""
+
+
+class StrictModel(BaseModel):
+    """Base for every spec schema: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourcesSpec(StrictModel):
+    """What the run asks of Ray. `num_cpus`/`num_gpus` size a local cluster; the per-task
+    figures are what each Ray task or trial of the method reserves."""
+
+    num_cpus: int | None = Field(default=None, ge=1)
+    num_gpus: int | None = Field(default=None, ge=0)
+    cpus_per_task: float = Field(default=1.0, gt=0)
+    gpus_per_task: float = Field(default=0.0, ge=0)
+
+
+class TrackingSpec(StrictModel):
+    """MLflow settings. The tracking URI itself comes from the environment, never the spec."""
+
+    enabled: bool = True
+    experiment: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class StoreSpec(StrictModel):
+    """Where artifacts go: a folder or `s3://bucket/prefix`. None means `MAESTRO_STORE`,
+    else `./maestro-store`."""
+
+    uri: str | None = None
+
+
+class ExperimentSpec(StrictModel):
+    """A resolved experiment: the common fields plus the method's validated config."""
+
+    method: str
+    seed: int = 0
+    config: BaseModel
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    sweep: dict[str, Any] | None = None
+    # Provenance, filled by load_spec: not part of the experiment's identity.
+    source: str = ""
+    preset: str | None = None
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as plain data, as it will run (presets and overrides applied)."""
+        data = self.model_dump(mode="json", exclude={"config", "source", "preset"})
+        data["config"] = self.config.model_dump(mode="json")
+        return data
+
+    def digest(self) -> str:
+        """A short hash of the resolved spec: the same experiment gets the same digest."""
+        text = json.dumps(self.resolved(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        """The run's name: from `tracking.run_name`, else `<spec stem>-<preset>-<digest>`."""
+        if self.tracking.run_name:
+            return self.tracking.run_name
+        stem = Path(self.source).stem if self.source else self.method
+        parts = [stem, self.preset, self.digest()] if self.preset else [stem, self.digest()]
+        return "-".join(parts)
+
+
+COMMON_KEYS = {"method", "seed", "config", "resources", "tracking", "store", "sweep"}
+
+
+def load_spec(
+    path: str | Path, preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> ExperimentSpec:
+    """Read a spec file, apply a preset and `a.b=c` overrides, and validate it."""
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{where}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise SpecError(f"{where}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: a spec must be a mapping with at least `method:`")
+    return build_spec(raw, where, preset=preset, overrides=overrides)
+
+
+def build_spec(
+    raw: dict[str, Any],
+    where: str = "<spec>",
+    preset: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ExperimentSpec:
+    """Validate spec data (already parsed) with its preset and overrides applied."""
+    from maestro.methods import UnknownMethod, get_method
+
+    data = copy.deepcopy(raw)
+    presets = data.pop("presets", None) or {}
+    if not isinstance(presets, dict):
+        raise SpecError(f"{where}: presets: must be a mapping of preset name to overlay")
+    if preset is not None:
+        if preset not in presets:
+            known = ", ".join(sorted(presets)) or "none"
+            raise SpecError(f"{where}: presets: no preset {preset!r} (this spec has: {known})")
+        overlay = presets[preset]
+        if not isinstance(overlay, dict):
+            raise SpecError(f"{where}: presets.{preset}: must be a mapping")
+        if "method" in overlay:
+            raise SpecError(f"{where}: presets.{preset}.method: a preset cannot change the method")
+        data = deep_merge(data, overlay)
+    for item in overrides:
+        apply_override(data, item, where)
+
+    unknown = sorted(set(data) - COMMON_KEYS)
+    if unknown:
+        raise SpecError(
+            f"{where}: {unknown[0]}: unknown key (allowed: {', '.join(sorted(COMMON_KEYS))})"
+        )
+    name = data.get("method")
+    if not isinstance(name, str):
+        raise SpecError(f"{where}: method: required, the name of a method")
+    try:
+        method = get_method(name)
+    except UnknownMethod as exc:
+        raise SpecError(f"{where}: method: {exc}") from None
+
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise SpecError(f"{where}: config: must be a mapping")
+    try:
+        data["config"] = method.config.model_validate(config)
+    except ValidationError as exc:
+        raise SpecError(f"{where}: {first_error(exc, prefix='config')}") from None
+    if data.get("sweep") is not None and not isinstance(data["sweep"], dict):
+        raise SpecError(f"{where}: sweep: must be a mapping")
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{where}: {first_error(exc)}") from None
+    return spec.model_copy(update={"source": where, "preset": preset})
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Merge `overlay` into a copy of `base`; nested mappings merge, other values replace."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_override(data: dict[str, Any], item: str, where: str) -> None:
+    """Set `a.b.c=value` in `data`; the value is read as YAML (so `3` is an int, `[1, 2]` a
+    list). Types are checked when the spec is validated."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"{where}: --set {item!r}: expected KEY.PATH=VALUE")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        raise SpecError(f"{where}: --set {key}: value {text!r} is not valid YAML") from None
+    parts = key.split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            path = ".".join(parts[: depth + 1])
+            raise SpecError(f"{where}: --set {key}: {path} is a value, not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def first_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line for the first validation error: `field.path: message (got value)`."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    field = ".".join(p for p in (prefix, loc) if p) or prefix or "spec"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in err and err["type"] != "missing":
+        shown = repr(err["input"])
+        msg += f" (got {shown if len(shown) < 60 else shown[:57] + '...'})"
+    return f"{field}: {msg}"
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
