@@ -95,6 +95,7 @@ def run_experiment(spec: ExperimentSpec) -> RunResult:
     if not resume_id:
         tracker.log_dict(resolved, "spec.yaml")
     state = {
+        "run_name": run_name,
         "mlflow_run_id": tracker.run_id,
         "status": "RUNNING",
         "spec": resolved,

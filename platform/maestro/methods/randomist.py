@@ -320,19 +320,37 @@ def plot_regret(curves: dict[str, np.ndarray]):
 
 def trainable(config: dict) -> None:
     """Tune trial: one seed of each listed algorithm, reporting mean cumulative regret
-    (`regret`, and `regret/<algorithm>`) every `log_every` rounds."""
+    (`regret`, and `regret/<algorithm>`) every `log_every` rounds.
+
+    Each report carries a checkpoint holding the round reached. A run is a deterministic
+    function of its config and seed, so a trial restored from a checkpoint replays the
+    simulation up to that round without reporting, then goes on: its curve is the one an
+    uninterrupted trial draws. (A PBT exploit replays the same rounds under the new
+    hyperparameters.)"""
+    import json
+    import tempfile
+    from pathlib import Path
+
     from ray import tune
 
     cfg = RandomistConfig.model_validate(config["config"])
     values = arm_values(cfg)
     runs = {a: simulate(cfg, a, int(config.get("seed", 0)), values) for a in cfg.algorithms}
+    resume_after = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_after = json.loads((Path(folder) / "state.json").read_text())["round"]
     for t in range(1, cfg.rounds + 1):
         latest = {a: next(run) for a, run in runs.items()}
-        if t % cfg.log_every == 0 or t == cfg.rounds:
-            metrics = {f"regret/{a}": r for a, r in latest.items()}
-            metrics["regret"] = float(np.mean(list(latest.values())))
-            metrics["rounds"] = t
-            tune.report(metrics)
+        if t <= resume_after or not (t % cfg.log_every == 0 or t == cfg.rounds):
+            continue
+        metrics = {f"regret/{a}": r for a, r in latest.items()}
+        metrics["regret"] = float(np.mean(list(latest.values())))
+        metrics["rounds"] = t
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "state.json").write_text(json.dumps({"round": t}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 METHOD = Method(

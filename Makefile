@@ -1,0 +1,24 @@
+# The two commands of README.md. Both install what they need on a fresh machine.
+PYTHON ?= python3
+
+.PHONY: install install-dev quickstart test lint
+
+install:
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e .
+
+install-dev:
+	bash scripts/install-system-deps.sh
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+# The main job: the quickstart on embedded defaults (local Ray, sqlite MLflow, ./maestro-store).
+quickstart: install
+	maestro run jobs/randomist/lqg.yaml --preset smoke
+
+lint:
+	ruff check .
+	ruff format --check .
+
+test: install-dev lint
+	$(PYTHON) -m pytest -q --durations=15

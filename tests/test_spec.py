@@ -1,0 +1,96 @@
+"""Specs: presets, overrides, and a corpus of bad input that must each get one clear line
+and exit code 2 with nothing created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from maestro.cli import main
+from maestro.spec import SpecError, flatten, load_spec
+
+from .conftest import REPO
+
+LQG = REPO / "jobs" / "randomist" / "lqg.yaml"
+
+
+def test_preset_and_overrides_apply_with_types():
+    spec = load_spec(LQG, preset="full", overrides=["config.rounds=300", "config.lqg.gamma=0.9"])
+    assert spec.method == "randomist"
+    assert spec.config.rounds == 300  # the override wins over the preset
+    assert spec.config.num_seeds == 50  # from the full preset
+    assert spec.config.lqg.gamma == 0.9
+    assert spec.preset == "full"
+    flat = flatten(spec.resolved())
+    assert flat["config.rounds"] == 300
+    assert flat["config.lqg.horizon"] == 10
+
+
+def test_same_spec_same_run_name_and_changes_change_it():
+    a = load_spec(LQG, preset="smoke")
+    b = load_spec(LQG, preset="smoke")
+    c = load_spec(LQG, preset="smoke", overrides=["seed=1"])
+    assert a.run_name() == b.run_name()
+    assert a.run_name() != c.run_name()
+    assert a.run_name().startswith("lqg-smoke-")
+
+
+def write(tmp: Path, text: str) -> Path:
+    path = tmp / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = "method: randomist\nconfig: {rounds: 100}\n"
+
+# (spec text, overrides, words the one-line error must contain)
+BAD_CASES = [
+    ("method: [not, a, name\n", [], ["not valid YAML", "line"]),
+    ("- just\n- a list\n", [], ["must be a mapping"]),
+    ("config: {}\n", [], ["method:", "required"]),
+    ("method: motifff\n", [], ["method:", "no method 'motifff'", "randomist"]),
+    ("method: randomist\nconfg: {}\n", [], ["confg", "unknown key"]),
+    ("method: randomist\nconfig: {roundz: 5}\n", [], ["config.roundz", "unknown key"]),
+    ("method: randomist\nconfig: {rounds: many}\n", [], ["config.rounds", "integer", "many"]),
+    ("method: randomist\nconfig: {rounds: -3}\n", [], ["config.rounds", "greater than"]),
+    ("method: randomist\nconfig: {algorithms: [ucb2]}\n", [], ["config.algorithms.0", "ucb2"]),
+    ("method: randomist\nconfig: {theta_min: 1, theta_max: 0}\n", [], ["theta_min"]),
+    ("method: randomist\nresources: {num_cpus: 0}\n", [], ["resources.num_cpus"]),
+    ("method: randomist\ntracking: {enabled: sometimes}\n", [], ["tracking.enabled"]),
+    ("method: randomist\nconfig: 5\n", [], ["config:", "mapping"]),
+    ("method: randomist\npresets: {smoke: {method: ucb}}\n", ["--preset", "smoke"], ["method"]),
+    (GOOD, ["--preset", "tiny"], ["no preset 'tiny'"]),
+    (GOOD, ["--set", "config.rounds=abc"], ["config.rounds", "abc"]),
+    (GOOD, ["--set", "config.lqg.nope=1"], ["config.lqg.nope", "unknown key"]),
+    (GOOD, ["--set", "config.rounds.deeper=1"], ["config.rounds", "not a mapping"]),
+    (GOOD, ["--set", "rounds"], ["expected KEY.PATH=VALUE"]),
+    (GOOD, ["--set", "config..rounds=3"], ["expected KEY.PATH=VALUE"]),
+    (GOOD, ["--set", "seed=[1"], ["seed", "not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize(("text", "extra", "words"), BAD_CASES)
+def test_bad_spec_one_line_exit_2_nothing_created(workdir, capsys, text, extra, words):
+    path = write(workdir, text)
+    before = sorted(p.name for p in workdir.iterdir())
+    code = main(["run", str(path), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"maestro: spec error: {path}")
+    for word in words:
+        assert word in err, (word, err)
+    assert sorted(p.name for p in workdir.iterdir()) == before  # no mlruns.db, no store
+
+
+def test_missing_file_is_a_spec_error(workdir):
+    with pytest.raises(SpecError, match="nope.yaml: file not found"):
+        load_spec(workdir / "nope.yaml")
+
+
+def test_submit_validates_before_contacting_anything(workdir, capsys):
+    path = write(workdir, "method: randomist\nconfig: {rounds: x}\n")
+    code = main(["submit", str(path), "--address", "http://127.0.0.1:1"])
+    assert code == 2
+    assert "config.rounds" in capsys.readouterr().err

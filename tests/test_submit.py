@@ -1,0 +1,135 @@
+"""`maestro submit` against a real head node started with `ray start --head` and token
+authentication on: the job runs, its logs stream back, its exit status comes back, and a
+wrong token is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, free_port, wait_http
+
+LQG = str(REPO / "jobs" / "randomist" / "lqg.yaml")
+
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    """A one-node Ray cluster with RAY_AUTH_MODE=token; yields (dashboard URL, token, env)."""
+    home = tmp_path_factory.mktemp("ray-home")  # keeps the test away from ~/.ray
+    token = secrets.token_hex(32)
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+    }
+    env.pop("RAY_ADDRESS", None)
+    dashboard = free_port()
+    # --block keeps the head in one process group that the test alone stops (`ray stop`
+    # would stop every Ray cluster on the machine).
+    head = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            f"--port={free_port()}",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_http(f"{address}/api/gcs_healthz", timeout=180, process=head)
+        yield address, token, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def submit(env: dict, address: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "maestro", "submit", LQG, "--address", address, *extra],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_submitted_job_runs_streams_logs_and_returns_its_status(token_cluster, tmp_path):
+    address, _, env = token_cluster
+    store = tmp_path / "store"
+    env = {
+        **env,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns.db",
+        "MAESTRO_STORE": str(store),
+    }
+    done = submit(
+        env,
+        address,
+        "--preset",
+        "smoke",
+        "--set",
+        "config.rounds=300",
+        "--set",
+        "config.num_seeds=2",
+        "--set",
+        "config.algorithms=[optimist, ucb1]",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "submitted job" in out
+    assert "randomist runs" in out  # the job's own progress, streamed back
+    assert "final_regret/ucb1" in out
+    assert "SUCCEEDED" in out
+    (state_file,) = store.glob("runs/randomist/*/run.json")
+    state = json.loads(state_file.read_text())
+    assert state["status"] == "FINISHED"
+    assert state["spec"]["config"]["rounds"] == 300
+    assert env["RAY_AUTH_TOKEN"] not in out + done.stderr
+
+
+def test_failing_job_returns_nonzero(token_cluster):
+    address, _, env = token_cluster
+    # Valid here, fails there: the store URI is only opened by the job.
+    done = submit(env, address, "--set", "store.uri=ftp://nowhere/x", "--set", "config.rounds=50")
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "unsupported store URI" in done.stdout
+    assert "FAILED" in done.stdout
+
+
+def test_wrong_token_is_refused(token_cluster):
+    address, _, env = token_cluster
+    bad = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    done = submit(bad, address, "--set", "config.rounds=50")
+    assert done.returncode == 2
+    assert "refused" in done.stderr and "Invalid authentication token" in done.stderr
+    assert bad["RAY_AUTH_TOKEN"] not in done.stderr + done.stdout
+
+
+def test_missing_token_is_refused(token_cluster):
+    address, _, env = token_cluster
+    bare = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    bare["HOME"] = str(Path(env["HOME"]) / "empty")
+    done = submit(bare, address, "--set", "config.rounds=50")
+    assert done.returncode == 2
+    assert "refused" in done.stderr or "no token" in done.stderr
