@@ -54,7 +54,7 @@ def create_local_token() -> Path:
 
 
 def init_ray(resources: ResourcesSpec | None = None) -> None:
-    """Join `RAY_ADDRESS` if set, else start a local cluster sized by `resources`."""
+    """Join `RAY_ADDRESS` if set, else start a private local cluster sized by `resources`."""
     # Ray reads RAY_AUTH_MODE once, when it is imported: settle it first.
     mode = auth_mode()
     os.environ["RAY_AUTH_MODE"] = mode
@@ -74,7 +74,9 @@ def init_ray(resources: ResourcesSpec | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     resources = resources or ResourcesSpec()
+    # "local": a private cluster, even if `ray start` left one running on this machine.
     ray.init(
+        address="local",
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus,
         include_dashboard=False,
