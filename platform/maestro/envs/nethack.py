@@ -1,0 +1,261 @@
+"""NetHack (NLE 1.3) for Motif: the tasks, captions, observation fields and vector envs.
+
+Tasks (`TASKS`, by name):
+- `score`: NLE's NetHackScore (reward = in-game score gained).
+- `staircase`, `staircase_lvl3`, `staircase_lvl4`: reach dungeon level 2, 3 or 4, as Motif
+  defines them. NLE's own NetHackStaircase succeeds when the agent merely stands on a down
+  staircase (`internal[4]`), so these are `NetHackDescend`: NetHackStaircase's reward
+  (1 on success plus its time penalty) with success when the depth in the bottom line
+  (`blstats[NLE_BL_DEPTH]`) reaches the target. Any way down counts (stairs, trap door,
+  hole); Motif additionally required the message "You descend the stairs".
+- `staircase_pet`: NLE's NetHackStaircasePet (on a down staircase with the pet adjacent).
+- `oracle`: NLE's NetHackOracle (next to the Oracle), refusing success while hallucinating:
+  Motif found agents that hallucinate to "see" the Oracle without reaching it.
+
+Each task carries a natural-language `goal` (what the embedding annotator scores captions
+against) and a `preference` (the key of the prompt's task modifier: `score` or `descend`).
+
+Every env is deterministic given its seed: NetHack's RNGs are set from a seed sequence
+before every reset (no reseeding during play) and the moon phase is derived from the seed
+rather than the wall clock, so a rerun replays the same games.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from nle import nethack
+from nle.env import tasks as nle_tasks
+
+# What Motif's agent reads (screen, colours, cursor, bottom-line stats, message line).
+AGENT_OBSERVATION_KEYS: tuple[str, ...] = (
+    "tty_chars",
+    "tty_colors",
+    "tty_cursor",
+    "blstats",
+    "message",
+)
+
+DEFAULT_MAX_EPISODE_STEPS = 5000
+
+
+class NetHackDescend(nle_tasks.NetHackStaircase):
+    """Reach dungeon depth `target_depth` (Motif's staircase tasks: 2, 3 or 4)."""
+
+    def __init__(self, *args: Any, target_depth: int = 2, **kwargs: Any):
+        if target_depth < 2:
+            raise ValueError(f"target_depth must be at least 2, got {target_depth}")
+        self.target_depth = target_depth
+        super().__init__(*args, **kwargs)
+
+    def _is_episode_end(self, observation):
+        if reached_depth(observation[self._blstats_index], self.target_depth):
+            return self.StepStatus.TASK_SUCCESSFUL
+        return self.StepStatus.RUNNING
+
+
+class NetHackOracleSober(nle_tasks.NetHackOracle):
+    """NLE's Oracle task, but standing next to the Oracle only counts when not
+    hallucinating (a hallucinating agent sees random monsters, the Oracle among them)."""
+
+    def _is_episode_end(self, observation):
+        if hallucinating(observation[self._blstats_index]):
+            return self.StepStatus.RUNNING
+        return super()._is_episode_end(observation)
+
+
+def reached_depth(blstats: np.ndarray, target_depth: int) -> bool:
+    """Whether the bottom-line stats show a dungeon depth of at least `target_depth`."""
+    return int(blstats[nethack.NLE_BL_DEPTH]) >= target_depth
+
+
+def hallucinating(blstats: np.ndarray) -> bool:
+    """Whether the hallucination condition bit is set in the bottom-line stats."""
+    return bool(int(blstats[nethack.NLE_BL_CONDITION]) & nethack.BL_MASK_HALLU)
+
+
+@dataclass(frozen=True)
+class NetHackTask:
+    """One NetHack task: how to build it and what it asks of the agent in words."""
+
+    name: str
+    env_class: type[nle_tasks.NetHackScore]
+    goal: str
+    preference: str
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+TASKS: dict[str, NetHackTask] = {
+    task.name: task
+    for task in (
+        NetHackTask(
+            "score",
+            nle_tasks.NetHackScore,
+            "maximise the game score: kill monsters, collect gold, gain experience levels "
+            "and go deeper into the dungeon",
+            "score",
+        ),
+        NetHackTask(
+            "staircase",
+            NetHackDescend,
+            "go down the stairs to the next dungeon level",
+            "descend",
+            (("target_depth", 2),),
+        ),
+        NetHackTask(
+            "staircase_pet",
+            nle_tasks.NetHackStaircasePet,
+            "reach the staircase down with your pet next to you",
+            "descend",
+        ),
+        NetHackTask(
+            "staircase_lvl3",
+            NetHackDescend,
+            "go down the stairs to dungeon level 3",
+            "descend",
+            (("target_depth", 3),),
+        ),
+        NetHackTask(
+            "staircase_lvl4",
+            NetHackDescend,
+            "go down the stairs to dungeon level 4",
+            "descend",
+            (("target_depth", 4),),
+        ),
+        NetHackTask(
+            "oracle",
+            NetHackOracleSober,
+            "go down the dungeon and find the Oracle",
+            "descend",
+        ),
+    )
+}
+
+
+def get_task(name: str) -> NetHackTask:
+    """The task called `name`; `KeyError` naming the known ones otherwise."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"no NetHack task {name!r} (known: {', '.join(TASKS)})") from None
+
+
+def caption(message: np.ndarray | bytes) -> str:
+    """The caption of an observation: its message line up to the first NUL, stripped.
+
+    Empty messages are valid captions (""). NetHack writes ASCII; latin-1 decodes any byte
+    so a caption can always be encoded back to the same bytes."""
+    raw = message.tobytes() if isinstance(message, np.ndarray) else bytes(message)
+    return raw.partition(b"\0")[0].decode("latin-1").strip()
+
+
+def episode_seeds(root: np.random.SeedSequence) -> tuple[int, int, int]:
+    """NetHack's (core, disp) RNG seeds and a policy seed drawn from a seed sequence."""
+    core, disp, policy = root.generate_state(3, dtype=np.uint64)
+    # NLE passes seeds as C longs: keep them positive and below 2**63.
+    return int(core >> 1), int(disp >> 1), int(policy >> 1)
+
+
+def clear_scoreboard(env: gym.Env) -> None:
+    """Empty the high-score file of an env's NetHack instance.
+
+    NetHack shows its high-score list on the last screen of a game, read from a file that
+    every game of the instance appends to; emptied before each game, that screen depends on
+    the game alone (else on which games the instance happened to play before)."""
+    record = Path(env.unwrapped.nethack._vardir) / "record"
+    record.write_bytes(b"")
+
+
+class SeededNetHack(gym.Wrapper):
+    """Deterministic episodes and observations the caller owns.
+
+    `reset(seed=s)` restarts a seed sequence at `s`; every reset (with or without a seed)
+    takes the next child of that sequence and seeds NetHack's RNGs from it, so episode k
+    after `reset(seed=s)` is the same game on every run (the high-score list that ends a
+    game included, see `clear_scoreboard`). NLE reuses its observation arrays
+    between steps; this wrapper returns copies, so observations stay valid after the next
+    step (vector envs keep the last observation of a finished episode)."""
+
+    def __init__(self, env: nle_tasks.NetHackScore, seed: int | None = None):
+        super().__init__(env)
+        self._root = np.random.SeedSequence(seed)
+        self.policy_seed = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start the next episode (the first of a new sequence if `seed` is given)."""
+        if seed is not None:
+            self._root = np.random.SeedSequence(seed)
+        core, disp, self.policy_seed = episode_seeds(self._root.spawn(1)[0])
+        self.env.unwrapped.seed(core, disp, reseed=False)
+        clear_scoreboard(self.env)
+        observation, info = self.env.reset(options=options)
+        return copy_observation(observation), info
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return copy_observation(observation), reward, terminated, truncated, info
+
+
+def copy_observation(observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A copy of an NLE observation (whose arrays NLE overwrites on the next step)."""
+    return {key: value.copy() for key, value in observation.items()}
+
+
+def make_raw_env(
+    task: str,
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
+    observation_keys: tuple[str, ...] = AGENT_OBSERVATION_KEYS,
+    **nle_kwargs: Any,
+) -> nle_tasks.NetHackScore:
+    """The bare NLE env of `task` (no seeding or copying; see `make_env`)."""
+    spec = get_task(task)
+    kwargs = {"fix_moon_phase": True, **dict(spec.env_kwargs), **nle_kwargs}
+    return spec.env_class(
+        observation_keys=observation_keys, max_episode_steps=max_episode_steps, **kwargs
+    )
+
+
+def make_env(
+    task: str,
+    seed: int | None = None,
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
+    observation_keys: tuple[str, ...] = AGENT_OBSERVATION_KEYS,
+    **nle_kwargs: Any,
+) -> SeededNetHack:
+    """A deterministic env of `task` returning `observation_keys`. Extra keyword arguments
+    go to NLE (e.g. `character`, `penalty_step`)."""
+    env = make_raw_env(task, max_episode_steps, observation_keys, **nle_kwargs)
+    return SeededNetHack(env, seed)
+
+
+def make_vector_env(
+    task: str,
+    num_envs: int,
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
+    observation_keys: tuple[str, ...] = AGENT_OBSERVATION_KEYS,
+    **nle_kwargs: Any,
+) -> gym.vector.SyncVectorEnv:
+    """`num_envs` envs of `task` stepped in turn, with batched observations.
+
+    An env whose episode ends is reset in the same step: the returned observation is the
+    new episode's first, and `info["final_obs"]` holds the last one of the old episode.
+    `reset(seed=s)` seeds env i with s + i (gymnasium's convention), so a vector's games
+    are reproducible."""
+
+    def factory() -> Callable[[], gym.Env]:
+        return lambda: make_env(task, None, max_episode_steps, observation_keys, **nle_kwargs)
+
+    return gym.vector.SyncVectorEnv(
+        [factory() for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+
+
+def captions(messages: np.ndarray) -> list[str]:
+    """Captions of a batch of message lines (shape (N, 256))."""
+    return [caption(row) for row in messages]

@@ -1,0 +1,201 @@
+"""Motif: intrinsic reward from a language model's preferences on NetHack (METHODS.md §1).
+
+The pipeline's stages, each stored under the run's folder and skipped when already done:
+
+1. `collect`: rollout actors play NetHack and store captions (message lines) with the
+   observation fields needed to reuse the data (`annotation/collect.py`).
+2. `annotate`: caption pairs are drawn (uniformly from the dataset, as in Motif), merged
+   into distinct questions (a pair and its mirror are one), and answered by the annotator
+   pool; answers land batch by batch in the preference store (`annotation/`).
+3. `reward`: a caption reward model is trained with the Bradley-Terry loss on the valid
+   labels and saved with its normalisation and threshold (`reward/`).
+The RL stage (an agent trained on `a1 * r_int + a2 * r_ext`, issue 4) is not part of the
+pipeline yet; `intrinsic:` already configures the reward it will use (`reward/intrinsic.py`).
+
+`stages:` in the spec chooses which run (e.g. `jobs/motif/annotate.yaml` stops after 2).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from maestro.annotation.collect import CollectConfig, collect, load_captions
+from maestro.annotation.pairs import PairSamplingConfig, sample_pairs
+from maestro.annotation.preferences import PreferenceStore
+from maestro.annotation.service import AnnotationServiceConfig, annotate
+from maestro.envs.nethack import get_task
+from maestro.llm import AnnotatorConfig, load_prompt_set
+from maestro.methods import Method
+from maestro.metrics import AnnotationMetrics, RolloutMetrics
+from maestro.reward.intrinsic import IntrinsicRewardConfig
+from maestro.reward.model import RewardModel
+from maestro.reward.train import PairData, RewardTrainingConfig, train_reward_model
+
+Stage = Literal["collect", "annotate", "reward"]
+STAGES: tuple[str, ...] = ("collect", "annotate", "reward")
+
+
+# ---------------------------------------------------------------- config
+
+
+class MotifConfig(BaseModel):
+    """The spec's `config:` block for Motif."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(default="score", description="the NetHack task (envs/nethack.py TASKS)")
+    stages: list[Stage] = Field(default_factory=lambda: list(STAGES), min_length=1)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    pairs: PairSamplingConfig = Field(default_factory=PairSamplingConfig)
+    annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
+    annotation: AnnotationServiceConfig = Field(default_factory=AnnotationServiceConfig)
+    reward: RewardTrainingConfig = Field(default_factory=RewardTrainingConfig)
+    intrinsic: IntrinsicRewardConfig = Field(default_factory=IntrinsicRewardConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_on_the_task(cls, data: dict) -> dict:
+        """The dataset is collected on the run's task unless `collect.task` says otherwise."""
+        if isinstance(data, dict) and isinstance(data.get("collect", {}), dict):
+            collect_block = dict(data.get("collect") or {})
+            collect_block.setdefault("task", data.get("task", "score"))
+            data = {**data, "collect": collect_block}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> MotifConfig:
+        get_task(self.task)
+        order = [STAGES.index(s) for s in self.stages]
+        if order != sorted(set(order)):
+            raise ValueError(f"stages must be distinct and in the order {', '.join(STAGES)}")
+        return self
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_collect(ctx) -> list[str]:
+    """Collect (or find) the dataset; returns its captions in row order."""
+    cfg: MotifConfig = ctx.config
+    prefix = ctx.key("dataset")
+    rollouts = RolloutMetrics(ctx.spec.run_name(), cfg.collect.task)
+    result = collect(
+        ctx.store,
+        prefix,
+        cfg.collect,
+        ctx.spec.seed,
+        progress=ctx.progress,
+        on_shard=lambda shard: rollouts.record(env_steps=shard.rows, episodes=shard.episodes),
+    )
+    ctx.tracker.log_metrics(result.metrics(), step=0)
+    return load_captions(ctx.store, prefix)
+
+
+def stage_annotate(ctx, captions: list[str]) -> PreferenceStore:
+    """Sample questions and answer the ones not yet in the preference store."""
+    cfg: MotifConfig = ctx.config
+    sample = sample_pairs(captions, cfg.pairs, ctx.spec.seed)
+    ctx.tracker.log_metrics(sample.stats(), step=0)
+    task_text = load_prompt_set(cfg.annotator.prompt).task(get_task(cfg.task).preference)
+    preferences = PreferenceStore(ctx.store, ctx.key("preferences"))
+    result = annotate(
+        sample.questions,
+        task_text,
+        preferences,
+        cfg.annotator,
+        cfg.annotation,
+        progress=ctx.progress,
+        on_progress=lambda metrics, pairs: ctx.tracker.log_metrics(metrics, step=pairs),
+        metrics=AnnotationMetrics(ctx.spec.run_name(), cfg.annotator.backend),
+    )
+    counts = preferences.counts()
+    ctx.tracker.log_metrics(
+        {
+            "annotation/pairs_labelled": counts["valid"],
+            "annotation/invalid": counts["invalid"],
+            "annotation/invalid_rate": counts["invalid"] / max(counts["records"], 1),
+            "annotation/ties": counts["ties"],
+        },
+        step=counts["records"],
+        flush=True,
+    )
+    if result.examples:
+        ctx.tracker.log_dict(result.examples, "annotation/examples.json")
+    return preferences
+
+
+def stage_reward(ctx, captions: list[str], preferences: PreferenceStore) -> RewardModel:
+    """Train the reward model (or load the stored one)."""
+    cfg: MotifConfig = ctx.config
+    key = ctx.key("reward_model", "model.pt")
+    if ctx.store.exists(key):
+        return RewardModel.from_bytes(ctx.store.get_bytes(key))
+    data = PairData.from_table(preferences.read())
+    model, metrics = train_reward_model(
+        data,
+        captions,
+        cfg.reward,
+        seed=ctx.spec.seed,
+        on_epoch=lambda epoch, m: ctx.tracker.log_metrics(
+            {f"reward/{k}": v for k, v in m.items()}, step=epoch
+        ),
+    )
+    ctx.tracker.log_metrics({f"reward/final_{k}": v for k, v in metrics.items()}, step=0)
+    log_reward_model(ctx, model)
+    ctx.store.put_bytes(key, model.to_bytes())
+    return model
+
+
+def log_reward_model(ctx, model: RewardModel) -> None:
+    """The reward model as an MLflow model (torch flavour) under `reward_model/`, with its
+    normalisation and threshold as model metadata."""
+    if not ctx.tracker.enabled:
+        return
+    import tempfile
+    from pathlib import Path
+
+    import mlflow.pytorch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reward_model"
+        mlflow.pytorch.save_model(
+            model.net,
+            str(path),
+            metadata={"normalisation": json.loads(model.describe())},
+            pip_requirements=["torch==2.13.0", "maestro-rl"],
+            serialization_format="pickle",  # the net takes captions (strings), not tensors
+        )
+        ctx.tracker.client.log_artifacts(ctx.tracker.run_id, str(path), "reward_model")
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def pipeline(ctx) -> dict[str, float]:
+    """Run the configured stages in order; return the summary metrics."""
+    cfg: MotifConfig = ctx.config
+    summary: dict[str, float] = {}
+    captions = stage_collect(ctx)
+    summary["unique_captions"] = len(set(captions))
+    if "annotate" not in cfg.stages:
+        return summary
+    preferences = stage_annotate(ctx, captions)
+    counts = preferences.counts()
+    summary["pairs_labelled"] = counts["valid"]
+    summary["invalid_rate"] = counts["invalid"] / max(counts["records"], 1)
+    if "reward" not in cfg.stages:
+        return summary
+    stage_reward(ctx, captions, preferences)
+    return summary
+
+
+METHOD = Method(
+    name="motif",
+    config=MotifConfig,
+    pipeline=pipeline,
+    stages=STAGES,
+    summary="Intrinsic reward from LLM preferences on NetHack (METHODS.md §1).",
+)

@@ -1,0 +1,1 @@
+"""Motif reward model: caption encoder, Bradley-Terry training, intrinsic reward."""

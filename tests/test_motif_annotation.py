@@ -1,0 +1,116 @@
+"""`maestro run jobs/motif/annotate.yaml` end to end on real NLE with the embedding judge:
+killed mid-annotation with SIGKILL and rerun, it ends with exactly the dataset an
+uninterrupted run produces."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from maestro.annotation.preferences import PreferenceStore
+from maestro.store import LocalStore
+
+from .conftest import REPO
+
+SPEC = str(REPO / "jobs" / "motif" / "annotate.yaml")
+SMALL = [
+    "--preset",
+    "smoke",
+    "--set",
+    "config.collect.num_shards=4",
+    "--set",
+    "config.pairs.num_draws=20000",
+    "--set",
+    "config.annotation.batch_size=16",
+    "--set",
+    "config.annotation.batches_per_actor=1",
+]
+
+
+def command(run_name: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "maestro",
+        "run",
+        SPEC,
+        *SMALL,
+        "--set",
+        f"tracking.run_name={run_name}",
+    ]
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns.db",
+        "MAESTRO_STORE": str(tmp_path / "store"),
+    }
+
+
+def records(store: LocalStore, run_name: str) -> list[dict]:
+    table = PreferenceStore(store, f"runs/motif/{run_name}/preferences").read()
+    rows = table.drop_columns(["annotated_at"]).to_pylist()
+    return sorted(rows, key=lambda r: r["question_id"])
+
+
+def test_killed_annotation_resumes_to_the_uninterrupted_dataset(env, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    whole = subprocess.run(
+        command("whole"), env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    expected = records(store, "whole")
+    assert len(expected) > 300
+    assert len({r["question_id"] for r in expected}) == len(expected)
+
+    prefs = PreferenceStore(store, "runs/motif/killed/preferences")
+    process = subprocess.Popen(
+        command("killed"),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not prefs.done_batches():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = prefs.done_batches()
+    total_batches = -(-len(expected) // 16)
+    assert 0 < len(partial) < total_batches, (len(partial), total_batches)
+
+    resumed = subprocess.run(
+        command("killed"), env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = records(store, "killed")
+    assert len({r["question_id"] for r in got}) == len(got)  # none labelled twice
+    assert got == expected  # none lost, same labels, raw answers, model and prompt version
+    assert prefs.done_batches() == set(range(total_batches))
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("motif").experiment_id],
+        filter_string="tags.mlflow.runName = 'killed'",
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics = runs[0].data.metrics
+    valid = sum(r["valid"] for r in expected)
+    assert metrics["annotation/pairs_labelled"] == valid
+    assert metrics["annotation/invalid_rate"] == pytest.approx(1 - valid / len(expected))
+    assert metrics["pairs/questions"] == len(expected)
+    assert metrics["collect/unique_captions"] > 20
+    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "annotation")]
+    assert "annotation/examples.json" in artifacts
