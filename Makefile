@@ -16,7 +16,7 @@ install-dev:
 
 # The main job: the quickstart on embedded defaults (local Ray, sqlite MLflow, ./maestro-store).
 quickstart: install
-	maestro run jobs/randomist/lqg.yaml --preset smoke
+	maestro run jobs/motif/quickstart.yaml
 
 lint:
 	ruff check .

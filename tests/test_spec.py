@@ -36,6 +36,18 @@ def test_same_spec_same_run_name_and_changes_change_it():
     assert a.run_name().startswith("lqg-smoke-")
 
 
+def test_a_spec_extends_another_and_merges_into_it():
+    task = load_spec(REPO / "jobs" / "motif" / "staircase_lvl3.yaml", preset="full")
+    quickstart = load_spec(REPO / "jobs" / "motif" / "quickstart.yaml", preset="full")
+    assert task.config.task == "staircase_lvl3"
+    assert task.config.collect.task == "staircase_lvl3"
+    # Everything else, presets included, is the quickstart's.
+    assert task.config.train == quickstart.config.train
+    assert task.config.train.num_env_runners == 24
+    assert task.config.annotator == quickstart.config.annotator
+    assert task.run_name().startswith("staircase_lvl3-full-")
+
+
 def write(tmp: Path, text: str) -> Path:
     path = tmp / "bad.yaml"
     path.write_text(text)
@@ -67,6 +79,9 @@ BAD_CASES = [
     (GOOD, ["--set", "rounds"], ["expected KEY.PATH=VALUE"]),
     (GOOD, ["--set", "config..rounds=3"], ["expected KEY.PATH=VALUE"]),
     (GOOD, ["--set", "seed=[1"], ["seed", "not valid YAML"]),
+    ("extends: bad.yaml\n", [], ["extends:", "extends itself"]),
+    ("extends: [a]\nmethod: randomist\n", [], ["extends:", "path of another spec"]),
+    ("extends: gone.yaml\n", [], ["gone.yaml: file not found"]),
 ]
 
 

@@ -108,6 +108,12 @@ def load_spec(
 ) -> ExperimentSpec:
     """Read a spec file, apply a preset and `a.b=c` overrides, and validate it."""
     path = Path(path)
+    return build_spec(read_spec_file(path), str(path), preset=preset, overrides=overrides)
+
+
+def read_spec_file(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A spec file's data. With `extends: other.yaml` (relative to the file), the file is an
+    overlay on that spec: mappings merge (presets included), other values replace."""
     where = str(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -119,7 +125,17 @@ def load_spec(
         raise SpecError(f"{where}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{where}: a spec must be a mapping with at least `method:`")
-    return build_spec(raw, where, preset=preset, overrides=overrides)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise SpecError(f"{where}: extends: must be the path of another spec file")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in (path.resolve(), *children):
+        raise SpecError(f"{where}: extends: {parent} extends itself")
+    if not parent_path.is_file():
+        raise SpecError(f"{where}: extends: {parent}: file not found")
+    return deep_merge(read_spec_file(parent_path, (*children, path.resolve())), raw)
 
 
 def build_spec(

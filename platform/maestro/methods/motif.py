@@ -9,8 +9,10 @@ The pipeline's stages, each stored under the run's folder and skipped when alrea
    pool; answers land batch by batch in the preference store (`annotation/`).
 3. `reward`: a caption reward model is trained with the Bradley-Terry loss on the valid
    labels and saved with its normalisation and threshold (`reward/`).
-The RL stage (an agent trained on `a1 * r_int + a2 * r_ext`, issue 4) is not part of the
-pipeline yet; `intrinsic:` already configures the reward it will use (`reward/intrinsic.py`).
+4. `train`: an RLlib agent (APPO or PPO) plays the task on `a1 * r_int + a2 * r_ext`, the
+   intrinsic reward computed on the learner (`rl/`); checkpoints go to the store and a
+   killed run continues from the last one; at the end the agent is evaluated on fresh
+   games of the task.
 
 `stages:` in the spec chooses which run (e.g. `jobs/motif/annotate.yaml` stops after 2).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maestro.annotation.collect import CollectConfig, collect, load_captions
@@ -33,9 +36,10 @@ from maestro.metrics import AnnotationMetrics, RolloutMetrics
 from maestro.reward.intrinsic import IntrinsicRewardConfig
 from maestro.reward.model import RewardModel
 from maestro.reward.train import PairData, RewardTrainingConfig, train_reward_model
+from maestro.rl.train import TrainingConfig, TrainingResult, train_agent
 
-Stage = Literal["collect", "annotate", "reward"]
-STAGES: tuple[str, ...] = ("collect", "annotate", "reward")
+Stage = Literal["collect", "annotate", "reward", "train"]
+STAGES: tuple[str, ...] = ("collect", "annotate", "reward", "train")
 
 
 # ---------------------------------------------------------------- config
@@ -54,6 +58,7 @@ class MotifConfig(BaseModel):
     annotation: AnnotationServiceConfig = Field(default_factory=AnnotationServiceConfig)
     reward: RewardTrainingConfig = Field(default_factory=RewardTrainingConfig)
     intrinsic: IntrinsicRewardConfig = Field(default_factory=IntrinsicRewardConfig)
+    train: TrainingConfig = Field(default_factory=TrainingConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +176,60 @@ def log_reward_model(ctx, model: RewardModel) -> None:
         ctx.tracker.client.log_artifacts(ctx.tracker.run_id, str(path), "reward_model")
 
 
+def stage_train(ctx, captions: list[str], model: RewardModel) -> TrainingResult:
+    """Train the agent on the combined reward (continuing from a stored checkpoint), then
+    evaluate it; the learning curves go to MLflow as a plot."""
+    cfg: MotifConfig = ctx.config
+    threshold = None
+    if cfg.intrinsic.threshold_quantile is not None:
+        threshold = float(np.quantile(model.normalised(captions), cfg.intrinsic.threshold_quantile))
+    result = train_agent(
+        cfg.task,
+        cfg.train,
+        tracker=ctx.tracker,
+        store=ctx.store,
+        prefix=ctx.key("agent"),
+        seed=ctx.spec.seed,
+        run_name=ctx.spec.run_name(),
+        reward_model=model,
+        intrinsic=cfg.intrinsic,
+        threshold=threshold,
+        progress=ctx.progress,
+    )
+    plot_returns(ctx)
+    return result
+
+
+def plot_returns(ctx) -> None:
+    """Intrinsic and extrinsic return per episode, and distinct messages, against env
+    steps, read back from the run (so a resumed run's plot covers all of it)."""
+    if not ctx.tracker.enabled:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("train/intrinsic_return", "intrinsic return"),
+        ("train/extrinsic_return", "extrinsic return"),
+        ("train/score", "score"),
+        ("train/distinct_messages", "distinct messages"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    client, run_id = ctx.tracker.client, ctx.tracker.run_id
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        if history:
+            steps, values = zip(*history, strict=True)
+            ax.plot(steps, values)
+        ax.set_title(title)
+        ax.set_xlabel("env steps")
+    fig.tight_layout()
+    ctx.tracker.log_figure(fig, "training_returns")
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- pipeline
 
 
@@ -188,7 +247,12 @@ def pipeline(ctx) -> dict[str, float]:
     summary["invalid_rate"] = counts["invalid"] / max(counts["records"], 1)
     if "reward" not in cfg.stages:
         return summary
-    stage_reward(ctx, captions, preferences)
+    model = stage_reward(ctx, captions, preferences)
+    if "train" not in cfg.stages:
+        return summary
+    result = stage_train(ctx, captions, model)
+    summary["env_steps"] = result.env_steps
+    summary.update({k.replace("/", "_"): v for k, v in result.eval.items()})
     return summary
 
 
