@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from maestro.runtime import RuntimeSetupError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 DEFAULT_ARTIFACTS = "./mlartifacts"
 # MLflow's limits per log_batch request.
@@ -107,13 +109,23 @@ class Tracker:
         parent_run_id: str | None = None,
     ) -> Tracker:
         """Create an MLflow run (or reopen `resume_run_id`) with params and tags logged."""
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri())
-        if resume_run_id:
-            client.update_run(resume_run_id, status="RUNNING")
-            return cls(client, resume_run_id)
-        experiment_id = ensure_experiment(client, experiment)
+        try:
+            if resume_run_id:
+                client.update_run(resume_run_id, status="RUNNING")
+                return cls(client, resume_run_id)
+            experiment_id = ensure_experiment(client, experiment)
+        except MlflowException as exc:
+            status = exc.get_http_status_code()
+            if status not in (401, 403):
+                raise
+            raise RuntimeSetupError(
+                f"the MLflow server at {redact_uri(tracking_uri())} refused us ({status}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
+            ) from None
         all_tags = {
             "mlflow.runName": run_name,
             "mlflow.user": getpass.getuser(),

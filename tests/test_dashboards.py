@@ -1,0 +1,446 @@
+"""Every metric a Grafana dashboard panel queries is exported by the job that records it.
+
+Each dashboard is checked against the job that exports its metrics. One local Ray cluster
+(token auth, metrics on a free port) runs the Motif quickstart, shortened
+(`maestro run jobs/motif/quickstart.yaml --preset smoke`: collection, the embedding judge,
+the reward model and a little APPO training: rollout, annotation, learner and return
+metrics), then the annotation job with the `hf` backend on a tiny random-weight Llama built
+here, whose answers are noise, so the invalid-answer counter is recorded as a 70B judge's
+unparseable answers are. Ray records its own task, actor, resource and node metrics. The
+endpoint is scraped over HTTP: every metric that a panel of annotation.json, training.json,
+sweeps.json or cluster.json (or a template variable) selects must be in the scrape, with the
+label values it matches exactly, and Maestro's values must equal what the runs logged to
+MLflow.
+
+Metrics whose exporting job is not in the repository yet are listed in `AWAITING`; the
+panels over them are checked against the names and labels `maestro.metrics` declares. GPU
+metrics cannot appear on a machine without a GPU; for those the test checks that Ray's node
+agent declares them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import promql_parser
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from maestro import metrics
+
+from .conftest import REPO, free_port
+
+DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
+ANNOTATE = REPO / "jobs" / "motif" / "annotate.yaml"
+QUICKSTART = REPO / "jobs" / "motif" / "quickstart.yaml"
+ANNOTATE_SMALL = [
+    "config.collect.num_shards=2",
+    "config.collect.max_episode_steps=200",
+    "config.collect.num_actors=1",
+    "config.pairs.num_draws=300",
+    "config.annotation.batch_size=32",
+]
+TRAIN_SMALL = [
+    "config.train.env_steps=2048",
+    "config.train.num_envs_per_env_runner=4",
+    "config.train.max_episode_steps=100",
+    "config.train.min_iteration_seconds=1",
+    "config.train.eval_episodes=1",
+]
+# The tiny Llama answers with noise: almost every answer is invalid (truncated).
+NOISY_JUDGE = [
+    "config.annotator.backend=hf",
+    "config.annotator.max_tokens=16",
+    "config.pairs.num_draws=40",
+    "config.annotation.batch_size=8",
+]
+# Maestro metrics that no job in the repository records yet -> (the recorder in
+# maestro.metrics, the job that will record them). When that job lands, run it in the
+# fixture below and remove its metrics from here.
+AWAITING = {
+    "maestro_sweep_trials": ("SweepMetrics", "`maestro sweep` (platform/maestro/sweep.py)"),
+}
+# Label values the recorders write (LearnerMetrics.record's return kinds, Tune's states).
+DECLARED_VALUES = {
+    "kind": {"intrinsic", "extrinsic"},
+    "state": set(metrics.TRIAL_STATES.values()),
+}
+# Prometheus sample name (e.g. ray_maestro_learner_samples_total) -> metrics.METRICS name.
+SAMPLE_TO_METRIC = {
+    sample: name for name, samples in metrics.exported_names().items() for sample in samples
+}
+
+
+# ---------------------------------------------------------------- reading the dashboards
+
+
+@dataclass(frozen=True)
+class Query:
+    dashboard: str
+    panel: str
+    expr: str
+
+
+def dashboard_queries() -> list[Query]:
+    """Every PromQL expression of every panel target and template variable."""
+    queries = []
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                queries.append(Query(path.name, panel["title"], target["expr"]))
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                expr = label_values_metric(variable["query"]["query"])
+                queries.append(Query(path.name, f"variable {variable['name']}", expr))
+    return queries
+
+
+def label_values_metric(query: str) -> str:
+    """`label_values(metric, label)` -> `metric` (Grafana's variable query syntax)."""
+    match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query.strip())
+    assert match, f"unexpected variable query {query!r}"
+    return match.group(1)
+
+
+def as_promql(expr: str) -> str:
+    """Grafana's variables replaced by what they stand for, so the expression parses."""
+    expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "1m")
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+def selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
+    """(metric name, labels matched with `=`) of every vector selector in `expr`."""
+    found = []
+
+    def visit(node, *_):
+        if isinstance(node, promql_parser.VectorSelector):
+            exact = {
+                m.name: m.value
+                for m in node.matchers.matchers
+                if m.op == promql_parser.MatchOp.Equal and m.name != "__name__"
+            }
+            name = node.name or next(
+                m.value for m in node.matchers.matchers if m.name == "__name__"
+            )
+            found.append((name, exact))
+
+    promql_parser.walk(promql_parser.parse(as_promql(expr)), visit)
+    return found
+
+
+# ---------------------------------------------------------------- static checks
+
+
+def test_dashboards_are_well_formed_grafana_json():
+    assert {p.name for p in DASHBOARDS} == {
+        "annotation.json",
+        "training.json",
+        "sweeps.json",
+        "cluster.json",
+    }
+    uids = set()
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        assert board["uid"] not in uids
+        uids.add(board["uid"])
+        assert board["title"].startswith("Maestro / ")
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        ids = [panel["id"] for panel in board["panels"]]
+        assert len(ids) == len(set(ids)), path.name
+        for panel in board["panels"]:
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert panel["targets"], f"{path.name}: {panel['title']} has no query"
+            grid = panel["gridPos"]
+            assert grid["x"] + grid["w"] <= 24, f"{path.name}: {panel['title']}"
+            for target in panel["targets"]:
+                assert target["datasource"] == panel["datasource"]
+                promql_parser.parse(as_promql(target["expr"]))  # raises on bad PromQL
+
+
+def test_every_maestro_metric_is_shown_and_every_shown_one_is_declared():
+    used = {name for q in dashboard_queries() for name, _ in selectors(q.expr)}
+    exported = {sample for names in metrics.exported_names().values() for sample in names}
+    maestro_used = {name for name in used if name.startswith("ray_maestro_")}
+    assert maestro_used <= exported, maestro_used - exported
+    for base, samples in metrics.exported_names().items():
+        assert used & set(samples), f"{base} is exported but no dashboard shows it"
+
+
+def test_the_dashboards_cover_what_operators_watch():
+    titles = {
+        path.stem: {panel["title"] for panel in json.loads(path.read_text())["panels"]}
+        for path in DASHBOARDS
+    }
+    assert {"Labelled pairs/s", "Invalid answer rate", "Annotation queue depth"} <= titles[
+        "annotation"
+    ]
+    assert {
+        "Env steps/s",
+        "Learner throughput (samples/s)",
+        "Intrinsic vs extrinsic return",
+    } <= titles["training"]
+    assert {"Trials running", "Trials finished", "Trials errored"} <= titles["sweeps"]
+    assert {"CPU utilisation per node", "GPU utilisation", "Active nodes by type"} <= titles[
+        "cluster"
+    ]
+
+
+def test_awaited_metrics_are_declared_and_no_job_records_them_yet():
+    """The panels over AWAITING metrics select declared names, labels and label values;
+    once a job records one of them, this test says to run that job here instead."""
+    for query in dashboard_queries():
+        for name, labels in selectors(query.expr):
+            metric = SAMPLE_TO_METRIC.get(name)
+            if metric not in AWAITING:
+                continue
+            where = f"{query.dashboard} / {query.panel}: {name}"
+            _, _, tag_keys = metrics.METRICS[metric]
+            assert set(labels) <= set(tag_keys), where
+            for key, value in labels.items():
+                assert value in DECLARED_VALUES.get(key, {value}), (where, key, value)
+    sources = [
+        path for path in (REPO / "platform" / "maestro").rglob("*.py") if path.name != "metrics.py"
+    ]
+    for metric, (recorder, job) in AWAITING.items():
+        users = [str(p) for p in sources if re.search(rf"\b{recorder}\(", p.read_text())]
+        assert not users, f"{users} record {metric}: run {job} in this test, drop it from AWAITING"
+
+
+# ---------------------------------------------------------------- the live cluster
+
+
+@dataclass
+class Scrape:
+    samples: list  # prometheus_client Sample objects
+
+    def names(self) -> set[str]:
+        return {s.name for s in self.samples}
+
+    def has(self, name: str, labels: dict[str, str]) -> bool:
+        return any(
+            s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+            for s in self.samples
+        )
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+
+def scrape(port: int) -> Scrape:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return Scrape([s for family in text_string_to_metric_families(text) for s in family.samples])
+
+
+def logged_metrics(run_name: str) -> dict[str, float]:
+    """The metrics that run `run_name` of experiment `motif` logged to MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from maestro.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("motif").experiment_id],
+        filter_string=f"tags.mlflow.runName = '{run_name}'",
+    )
+    return run.data.metrics
+
+
+def history_sum(run_name: str, key: str) -> float:
+    """The sum of every value metric `key` of run `run_name` logged (one per iteration)."""
+    from mlflow.tracking import MlflowClient
+
+    from maestro.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("motif").experiment_id],
+        filter_string=f"tags.mlflow.runName = '{run_name}'",
+    )
+    return sum(m.value for m in client.get_metric_history(run.info.run_id, key))
+
+
+def job_expectations(result, batch_size: int) -> dict[str, float]:
+    """What a Motif job's metrics must read, from what it logged to MLflow: collection and
+    annotation, and training when the job trained."""
+    logged = logged_metrics(result.run_name)
+    labelled, invalid = logged["annotation/pairs_labelled"], logged["annotation/invalid"]
+    trained = "summary/env_steps" in logged
+    train_episodes = history_sum(result.run_name, "train/episodes") if trained else 0
+    expected = {
+        "ray_maestro_rollout_env_steps_total": logged["collect/rows"]
+        + logged.get("summary/env_steps", 0),
+        "ray_maestro_rollout_episodes_total": logged["collect/episodes"] + train_episodes,
+        "ray_maestro_annotation_batch_seconds_count": -(-(labelled + invalid) // batch_size),
+        "ray_maestro_annotation_queue_depth": 0.0,  # nothing left waiting at the end
+    }
+    # Ray exports a counter once it has been incremented.
+    if labelled:
+        expected["ray_maestro_annotation_labelled_pairs_total"] = labelled
+    if invalid:
+        expected["ray_maestro_annotation_invalid_answers_total"] = invalid
+    if trained:
+        expected["ray_maestro_learner_samples_total"] = history_sum(
+            result.run_name, "learner/env_steps_trained"
+        )
+        expected["ray_maestro_learner_updates_total"] = history_sum(
+            result.run_name, "learner/gradient_updates"
+        )
+    return expected
+
+
+def value_problems(result: Scrape, expected: dict[str, dict[str, float]]) -> list[str]:
+    """Where the scrape differs from the values the runs recorded."""
+    return [
+        f"run {run}: {name} reads {result.total(name, run=run)}, expected {value}"
+        for run, values in expected.items()
+        for name, value in values.items()
+        if not result.has(name, {"run": run}) or result.total(name, run=run) != value
+    ]
+
+
+def panel_problems(result: Scrape) -> list[str]:
+    """Metrics (and exactly matched label values) that panels select and the scrape lacks,
+    except AWAITING metrics and GPU metrics on a machine without a GPU."""
+    from ray.dashboard.modules.reporter.reporter_agent import METRICS_GAUGES
+
+    names = result.names()
+    has_gpu = "ray_node_gpus_available" in names
+    problems = []
+    for query in dashboard_queries():
+        for name, labels in selectors(query.expr):
+            where = f"{query.dashboard} / {query.panel}: {name}{labels or ''}"
+            if SAMPLE_TO_METRIC.get(name) in AWAITING:
+                continue
+            if name in names:
+                if not result.has(name, labels):
+                    problems.append(f"{where}: no series with these labels")
+            elif has_gpu or name.removeprefix("ray_") not in METRICS_GAUGES:
+                problems.append(f"{where}: not exported")
+            elif not ("gpu" in name or "gram" in name):
+                problems.append(f"{where}: declared by Ray's node agent but not exported")
+    return problems
+
+
+# Ray's metric report interval here (10 s by default): values reach the endpoint sooner, and
+# Ray drops a gauge not recorded for two intervals sooner too.
+REPORT_INTERVAL_S = 3
+
+
+@dataclass
+class Exported:
+    result: Scrape  # once it showed everything (or at the deadline)
+    later: Scrape  # three report intervals after that: gauges must still be there
+    expected: dict[str, dict[str, float]]  # run -> metric -> value
+    quickstart_run: str
+    noisy_run: str
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Iterator[Exported]:
+    """Run the quickstart and the noisy annotation job on one local Ray cluster and scrape
+    its endpoint."""
+    from maestro.llm.tiny import build_random_llama
+    from maestro.runtime import auth_mode, create_local_token, token_available
+    from maestro.spec import load_spec
+
+    folder = tmp_path_factory.mktemp("dashboards")
+    model = build_random_llama(folder / "tiny-llama")
+    port = free_port()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        for name in ("MLFLOW_TRACKING_URI", "MAESTRO_STORE", "RAY_ADDRESS"):
+            patch.delenv(name, raising=False)
+        # Ray reads its authentication mode when imported: settle it first, as init_ray does.
+        patch.setenv("RAY_AUTH_MODE", auth_mode())
+        if auth_mode() == "token" and not token_available():
+            create_local_token()
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        # "local": our own cluster, never one that `ray start` left on this machine. One
+        # logical GPU so that the GPU resource series exists without a physical GPU.
+        ray.init(
+            address="local",
+            num_cpus=2,
+            num_gpus=1,
+            include_dashboard=False,
+            log_to_driver=False,
+            _metrics_export_port=port,
+            _system_config={"metrics_report_interval_ms": REPORT_INTERVAL_S * 1000},
+        )
+        try:
+            from maestro.run import run_experiment
+
+            expected = {}
+            runs = []
+            jobs = [
+                (QUICKSTART, TRAIN_SMALL),
+                (ANNOTATE, [*NOISY_JUDGE, f"config.annotator.model={model}"]),
+            ]
+            for path, overrides in jobs:
+                spec = load_spec(str(path), preset="smoke", overrides=ANNOTATE_SMALL + overrides)
+                result = run_experiment(spec)  # joins the cluster started above
+                batch_size = spec.config.annotation.batch_size
+                expected[result.run_name] = job_expectations(result, batch_size)
+                runs.append(result.run_name)
+            deadline = time.monotonic() + 60
+            latest = scrape(port)
+            while value_problems(latest, expected) or panel_problems(latest):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+                latest = scrape(port)
+            time.sleep(3 * REPORT_INTERVAL_S)
+            yield Exported(latest, scrape(port), expected, *runs)
+        finally:
+            ray.shutdown()
+
+
+def test_recorded_values_reach_the_metrics_endpoint(exported):
+    expected = exported.expected
+    assert not value_problems(exported.result, expected)
+    quickstart, noisy = expected[exported.quickstart_run], expected[exported.noisy_run]
+    # The embedding judge always answers; the random Llama's answers are mostly noise.
+    assert "ray_maestro_annotation_invalid_answers_total" not in quickstart
+    assert quickstart["ray_maestro_annotation_labelled_pairs_total"] > 0
+    assert noisy["ray_maestro_annotation_invalid_answers_total"] > 0
+    assert quickstart["ray_maestro_rollout_env_steps_total"] > 2048  # collection + training
+    assert quickstart["ray_maestro_learner_samples_total"] >= 2048
+    assert quickstart["ray_maestro_learner_updates_total"] >= 1
+    # The return gauges hold the last returns the run logged, one series per kind.
+    logged = logged_metrics(exported.quickstart_run)
+    for kind, key in (
+        ("intrinsic", "train/intrinsic_return"),
+        ("extrinsic", "train/extrinsic_return"),
+    ):
+        labels = {"run": exported.quickstart_run, "kind": kind}
+        values = [
+            s.value
+            for s in exported.result.samples
+            if s.name == "ray_maestro_episode_return"
+            and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+        assert values == [pytest.approx(logged[key])], (kind, values)
+    # Gauges set once stay exported (Ray alone would drop them after two report intervals).
+    for run in (exported.quickstart_run, exported.noisy_run):
+        assert exported.later.has("ray_maestro_annotation_queue_depth", {"run": run})
+    assert exported.later.has("ray_maestro_episode_return", {"run": exported.quickstart_run})
+
+
+def test_every_metric_a_panel_queries_is_exported(exported):
+    problems = panel_problems(exported.result)
+    assert not problems, "\n".join(problems)
