@@ -1,6 +1,8 @@
 """`maestro`: run experiment specs locally, submit them to a Ray cluster, check the setup.
 
     maestro run SPEC [--preset P] [--set key.path=value ...]
+    maestro sweep SPEC [--preset P] [--set ...] [--resume]
+    maestro report [SPEC | --run RUN_ID | --experiment NAME] [--metric M] [--output FILE]
     maestro submit SPEC --address http://HEAD:8265 [--preset P] [--set ...] [--no-wait]
     maestro doctor
 
@@ -16,8 +18,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from maestro.report import ReportError, make_report, write_report
 from maestro.runtime import RuntimeSetupError
 from maestro.spec import SpecError, load_spec
+from maestro.sweep import SweepStateError, load_sweep, run_sweep
 
 # Forwarded to submitted jobs: where to track and store. Never credentials; those live on
 # the cluster (environment, files or instance roles), see docs/operations.md.
@@ -47,8 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add_spec_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("spec", help="experiment spec (YAML), e.g. jobs/randomist/lqg.yaml")
+    def add_spec_args(sub: argparse.ArgumentParser, optional: bool = False) -> None:
+        sub.add_argument(
+            "spec",
+            nargs="?" if optional else None,
+            help="experiment spec (YAML), e.g. jobs/randomist/lqg.yaml",
+        )
         sub.add_argument("--preset", help="named overlay from the spec's presets (smoke, full)")
         sub.add_argument(
             "--set",
@@ -84,6 +92,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="run the spec's hyperparameter sweep on Ray Tune",
+        description="Run the spec's `sweep:` block on Ray Tune (locally, or on the cluster at "
+        "RAY_ADDRESS): one MLflow parent run for the sweep, one child run per trial. An "
+        "interrupted sweep continues with --resume: finished trials are not rerun and "
+        "unfinished ones go on into their own MLflow runs. See docs/sweeps.md.",
+    )
+    add_spec_args(sweep)
+    sweep.add_argument(
+        "--resume", action="store_true", help="continue an interrupted sweep of this spec"
+    )
+
+    report = commands.add_parser(
+        "report",
+        help="plots and an HTML page from a run, a sweep or an experiment",
+        description="Make PNG plots (logged to MLflow under report/) and one self-contained "
+        "HTML page: for a sweep, learning curves over seeds, the metric against each "
+        "hyperparameter, parallel coordinates and a comparison of methods or algorithms.",
+    )
+    # A spec (with the preset and overrides it ran with): its sweep if it ran, else its run.
+    add_spec_args(report, optional=True)
+    report.add_argument("--run", dest="run_id", help="an MLflow run id (a sweep's parent too)")
+    report.add_argument("--experiment", help="an MLflow experiment: compare its runs")
+    report.add_argument("--metric", help="the metric to plot (default: the sweep's)")
+    report.add_argument("--mode", choices=["min", "max"], help="whether lower or higher is better")
+    report.add_argument(
+        "--compare", help="param (or tag) to compare by (default: a categorical swept key)"
+    )
+    report.add_argument("--output", help="HTML file to write (default: reports/<name>.html)")
+    report.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+
     commands.add_parser(
         "doctor",
         help="show what is installed and reachable",
@@ -100,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             return command_run(args)
         if args.command == "submit":
             return command_submit(args)
+        if args.command == "sweep":
+            return command_sweep(args)
+        if args.command == "report":
+            return command_report(args)
         from maestro.doctor import run_doctor
 
         return run_doctor()
@@ -108,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeSetupError as exc:
         print(f"maestro: setup error: {exc}", file=sys.stderr)
+        return 2
+    except (SweepStateError, ReportError) as exc:
+        print(f"maestro: {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
@@ -126,6 +173,69 @@ def command_run(args: argparse.Namespace) -> int:
     for key, value in sorted(result.summary.items()):
         print(f"  {key}: {value:.4g}")
     return 0
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    """`maestro sweep`."""
+    spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
+    try:
+        result = run_sweep(spec, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"sweep interrupted: continue it with `maestro sweep {args.spec} --resume`")
+        return 130
+    state = "already finished" if result.already_finished else "finished"
+    print(f"sweep {result.name}: {state}")
+    print(f"  mlflow parent run id: {result.parent_run_id}")
+    print(f"  tune experiment:      {result.tune_path}")
+    stopped = "" if result.stopped_early is None else f", {result.stopped_early} stopped early"
+    print(f"  trials: {result.trials} ({result.errored} errored{stopped})")
+    metric = spec.sweep["metric"]
+    for rank, trial in enumerate(result.best, 1):
+        values = ", ".join(f"{k}={v}" for k, v in trial["params"].items())
+        print(f"  best {rank}: {metric}={trial[metric]:.4g}  {values}  {trial.get('run_id', '')}")
+    return 1 if result.errored else 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    """`maestro report`."""
+    targets = [t for t in (args.spec, args.run_id, args.experiment) if t]
+    if len(targets) != 1:
+        raise ReportError("give one of: a spec, --run RUN_ID, --experiment NAME")
+    run_id = args.run_id
+    if args.spec:
+        run_id = spec_run_id(load_spec(args.spec, preset=args.preset, overrides=args.overrides))
+    report = make_report(
+        run_id=run_id,
+        experiment=args.experiment,
+        metric=args.metric,
+        mode=args.mode,
+        compare=args.compare,
+    )
+    path = write_report(report, args.output, log=not args.no_log)
+    print(f"report: {path.resolve()}")
+    if report.log_run_id and not args.no_log:
+        print(f"  logged to MLflow run {report.log_run_id} under report/")
+    for figure in report.figures:
+        print(f"  figure: {figure.title}")
+    return 0
+
+
+def spec_run_id(spec) -> str:
+    """The MLflow run of a spec that has run: its sweep's parent run if the sweep has
+    started, else the run of `maestro run`."""
+    from maestro.store import open_store
+
+    store = open_store(spec.store.uri)
+    states = [(f"runs/{spec.method}/{spec.run_name()}/run.json", "mlflow_run_id")]
+    if spec.sweep is not None:
+        states.insert(0, (load_sweep(spec).state_key, "parent_run_id"))
+    for key, field in states:
+        if store.exists(key):
+            run_id = store.get_json(key).get(field)
+            if not run_id:
+                raise ReportError(f"{spec.source}: it ran with tracking off: nothing to report")
+            return run_id
+    raise ReportError(f"{spec.source}: this spec has not run yet (no state in {store.root})")
 
 
 def project_root(start: Path) -> Path:

@@ -1,0 +1,212 @@
+"""`maestro report`: statistics by hand, a report of a real sweep checked in headless
+Chromium (images present and decoded), and run and experiment reports."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from maestro.report import aggregate_curves, make_report, mean_band, write_report
+from maestro.spec import load_spec
+from maestro.sweep import run_sweep
+
+from .conftest import REPO
+from .test_cli import maestro
+from .test_sweep import ray_cluster  # noqa: F401  (the module's own local Ray cluster)
+
+SPEC = REPO / "jobs" / "randomist" / "sweep.yaml"
+# 2 algorithms x 2 exploration values x 3 seeds = 12 short trials.
+OVERRIDES = [
+    "config.rounds=60",
+    "config.log_every=20",
+    "config.value_samples=1000",
+    "sweep.space.config.algorithms={grid: [[optimist], [ucb1]]}",
+    "sweep.space.config.exploration={grid: [0.1, 1.0]}",
+    "sweep.space.seed={grid: [0, 1, 2]}",
+]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Appended to a copy of the page: after load, writes what the browser made of each image.
+IMAGE_CHECK = """
+<script>
+window.addEventListener("load", () => {
+  const images = [...document.images].map(
+    (i) => ({complete: i.complete, width: i.naturalWidth, height: i.naturalHeight, alt: i.alt}));
+  const out = document.createElement("pre");
+  out.id = "image-check";
+  out.textContent = JSON.stringify(images);
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def test_mean_and_band_by_hand():
+    # mean 2, sample std 1, half-width 1.96 / sqrt(3)
+    mean, half, count = mean_band([1.0, 2.0, 3.0])
+    assert (mean, count) == (2.0, 3)
+    assert half == pytest.approx(1.96 / math.sqrt(3))
+    assert mean_band([5.0]) == (5.0, 0.0, 1)
+    assert math.isnan(mean_band([])[0])
+    # A run stopped early counts until its last step.
+    steps, mean, half, count = aggregate_curves([[(1, 1.0), (2, 3.0)], [(1, 3.0)]])
+    assert steps.tolist() == [1, 2]
+    assert mean.tolist() == [2.0, 3.0]
+    assert count.tolist() == [2, 1]
+    assert half[0] == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
+    assert half[1] == 0.0
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    browser = shutil.which("chromium")
+    assert browser, "the report test needs Debian's chromium package (apt-get install chromium)"
+    return subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, monkeypatch):
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+        "MAESTRO_STORE": str(tmp_path / "store"),
+    }
+    for key in ("MLFLOW_TRACKING_URI", "MAESTRO_STORE"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(tmp_path)
+    swept = run_sweep(load_spec(SPEC, preset="smoke", overrides=OVERRIDES))
+    assert swept.trials == 12 and swept.errored == 0
+
+    sets = [part for item in OVERRIDES for part in ("--set", item)]
+    page = tmp_path / "report.html"
+    made = maestro(
+        "report",
+        str(SPEC),
+        "--preset",
+        "smoke",
+        *sets,
+        "--output",
+        str(page),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr[-3000:]
+    titles = re.findall(r"figure: (.+)", made.stdout)
+    assert titles == [
+        "Learning curves (regret)",
+        "Metric against each hyperparameter",
+        "Parallel coordinates",
+        "Comparison by algorithms",
+    ]
+
+    # Self-contained: every image is inline PNG data, nothing else is referenced.
+    text = page.read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == 4
+    assert all(base64.b64decode(data).startswith(PNG_MAGIC) for data in images)
+    assert "http://" not in text and "https://" not in text and "<link" not in text
+    assert "12" in text and "optimist" in text and "ucb1" in text
+
+    # The browser loads the page and decodes every plot.
+    check = tmp_path / "check.html"
+    check.write_text(text.replace("</body>", IMAGE_CHECK + "</body>"))
+    dom = chromium(
+        "--virtual-time-budget=10000", "--dump-dom", check.as_uri(), profile=tmp_path / "p1"
+    )
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stdout[-2000:] + dom.stderr[-2000:]
+    decoded = json.loads(found.group(1).replace("&quot;", '"'))
+    assert len(decoded) == 4
+    assert all(i["complete"] and i["width"] > 400 and i["height"] > 200 for i in decoded), decoded
+
+    # The same figures and page are in MLflow, on the sweep's parent run.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    parent_id = re.search(r"logged to MLflow run (\w+)", made.stdout).group(1)
+    assert client.get_run(parent_id).data.tags["maestro.kind"] == "sweep"
+    logged = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert logged == {
+        "report/curves.png",
+        "report/hyperparameters.png",
+        "report/parallel.png",
+        "report/comparison.png",
+        "report/index.html",
+    }
+    copy = client.download_artifacts(parent_id, "report/index.html", str(tmp_path / "dl"))
+    assert Path(copy).read_text() == text
+
+    # A single trial's run gets its own report.
+    child = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}'",
+        max_results=1,
+    )[0]
+    single = make_report(run_id=child.info.run_id)
+    assert [figure.name for figure in single.figures] == ["regret"]
+    write_report(single, tmp_path / "run.html", log=False)
+    assert (tmp_path / "run.html").read_text().count("data:image/png;base64,") == 1
+    assert client.list_artifacts(child.info.run_id, "report") == []
+
+
+def test_experiment_report_compares_methods_over_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)
+    from maestro.tracking import Tracker
+
+    # Two methods, three seeds each; "fast" reaches a lower loss.
+    for method, scale in (("fast", 1.0), ("slow", 3.0)):
+        for seed in range(3):
+            tracker = Tracker.start(
+                "compare", f"{method}-{seed}", {"seed": seed}, {"maestro.method": method}
+            )
+            for step in (10, 20, 30):
+                tracker.log_metrics({"loss": scale * (1 + seed) / step}, step=step)
+            tracker.end()
+    report = make_report(experiment="compare", metric="loss", mode="min")
+    assert [f.name for f in report.figures] == ["curves", "comparison"]
+    summary = dict(report.summary)
+    assert summary["runs"] == "6 with loss (of 6)"
+    assert summary["best loss"].startswith(f"{1 / 30:.6g} (fast-0)")
+    assert [row[2] for row in report.table_rows[:3]] == ["fast", "fast", "slow"]
+    path = write_report(report, tmp_path / "compare.html")
+    assert path.read_text().count("data:image/png;base64,") == 2
+    # The experiment's report lives in its own run, marked so later reports skip it.
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(report.log_run_id)
+    assert run.data.tags["maestro.kind"] == "report"
+    assert make_report(experiment="compare", metric="loss").summary == report.summary
+
+
+def test_report_errors_name_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)
+    from maestro.cli import main
+
+    assert main(["report", "--experiment", "nothing-here", "--metric", "loss"]) == 2
+    assert "no MLflow experiment named 'nothing-here'" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "give one of" in capsys.readouterr().err
+    assert main(["report", str(SPEC), "--preset", "smoke"]) == 2
+    assert "has not run yet" in capsys.readouterr().err

@@ -1,0 +1,400 @@
+"""Sweeps on a local Ray cluster with Tune and MLflow, on the real RANDOMIST trainable.
+
+Every sweep here uses `jobs/randomist/sweep.yaml` with tiny `rounds`, so a trial takes a
+fraction of a second; runs are read back with the MLflow client from a sqlite database in
+the test's own folder. One Ray cluster (2 CPUs) serves the module: in-process sweeps use
+it, and the driver that gets killed joins it from a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+from maestro.cli import main
+from maestro.methods.randomist import RandomistConfig, arm_values, simulate
+from maestro.spec import SpecError, load_spec
+from maestro.sweep import apply_params, flatten_space, load_sweep, run_sweep
+
+from .conftest import REPO
+
+SPEC = REPO / "jobs" / "randomist" / "sweep.yaml"
+# Two reports per trial (rounds 20 and 40).
+TINY = [
+    "config.rounds=40",
+    "config.log_every=20",
+    "config.value_samples=1000",
+    "sweep.max_concurrent=2",
+    "sweep.resources.cpus=1",
+]
+
+
+def tiny_spec(tmp_path: Path, *overrides: str):
+    return load_spec(
+        SPEC, preset="smoke", overrides=[*TINY, f"store.uri={tmp_path / 'store'}", *overrides]
+    )
+
+
+def mlflow_client(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+
+
+def children(client, parent_run_id: str) -> list:
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
+    )
+
+
+def tiny_sweep(tmp_path: Path, trials: int, *overrides: str):
+    """Run a tiny sweep that must make `trials` trials, none errored: its result and runs."""
+    result = run_sweep(tiny_spec(tmp_path, *overrides))
+    assert result.trials == trials and result.errored == 0
+    return result, children(mlflow_client(tmp_path), result.parent_run_id)
+
+
+def histories(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private local Ray cluster with 2 CPUs for the whole module; yields its address."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    address = os.environ.pop("RAY_ADDRESS", None)  # never join someone else's cluster
+    from maestro.runtime import init_ray
+    from maestro.spec import ResourcesSpec
+
+    started = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    # Ray reads its authentication mode when imported: init_ray settles it first.
+    init_ray(ResourcesSpec(num_cpus=2))
+    import ray
+
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+    if address is not None:
+        os.environ["RAY_ADDRESS"] = address
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """This test's own MLflow database, and its working directory."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ---------------------------------------------------------------- the sweep block
+
+
+def test_space_keys_nest_or_dot_and_apply_to_the_spec():
+    flat = flatten_space({"config": {"exploration": {"grid": [1, 2]}}, "seed": {"randint": [0, 9]}})
+    assert flat == {"config.exploration": {"grid": [1, 2]}, "seed": {"randint": [0, 9]}}
+    assert flatten_space({"config.lqg.noise_std": {"uniform": [0, 1]}}) == {
+        "config.lqg.noise_std": {"uniform": [0, 1]}
+    }
+    with pytest.raises(ValueError, match="config.x is given twice"):
+        flatten_space({"config.x": {"grid": [1]}, "config": {"x": {"grid": [2]}}})
+    base = {"seed": 0, "config": {"exploration": 0.3, "lqg": {"horizon": 10}}}
+    trial = apply_params(base, {"config.lqg.horizon": 5, "seed": 3})
+    assert trial == {"seed": 3, "config": {"exploration": 0.3, "lqg": {"horizon": 5}}}
+    assert base["config"]["lqg"]["horizon"] == 10  # the base is not changed
+
+    plan = load_sweep(load_spec(SPEC, preset="smoke"))
+    assert sorted(plan.sweep.space) == ["config.algorithms", "config.exploration", "seed"]
+    assert plan.sweep.expected_trials() == 5 * 3 * 3
+    assert plan.prefix == f"sweeps/randomist/{plan.name}"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sweep.space.config.exploration={grid: [1], uniform: [0, 1]}", "exactly one of"),
+        ("sweep.space.config.exploration={loguniform: [0, 1]}", "loguniform needs low > 0"),
+        ("sweep.space.config.exploraton={grid: [1]}", "config.exploraton: unknown key"),
+        ("sweep.space.config.exploration={grid: [-1, 1]}", "value -1: config.exploration"),
+        ("sweep.space.resources.num_cpus={grid: [1]}", "only `seed` and `config.<field>`"),
+        ("sweep.space.config.exploration={uniform: [0, 1]}", "search grid takes grid or choice"),
+        ("sweep.mode=maximise", "sweep.mode"),
+        ("sweep.scheduler=hyperband", "sweep.scheduler"),
+    ],
+)
+def test_bad_sweep_blocks_are_one_line_errors(override, message, tracking, capsys):
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_sweep(load_spec(SPEC, preset="smoke", overrides=[override]))
+    # The CLI says the same in one line and exits 2, before Ray or MLflow start.
+    assert main(["sweep", str(SPEC), "--preset", "smoke", "--set", override]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("maestro: spec error:") and "\n" not in error
+    assert not (tracking / "mlruns.db").exists()
+
+
+# ---------------------------------------------------------------- kill the driver, resume
+
+
+def resume_command(tmp_path: Path) -> list[str]:
+    """`maestro sweep` arguments of the sweep that gets killed: 5 algorithms x 2
+    exploration values x 3 seeds = 30 trials of 3 reports each."""
+    overrides = [*TINY, "config.rounds=60", f"store.uri={tmp_path / 'store'}"]
+    # A checkpoint with every report, so killed trials restart from one.
+    overrides += ["sweep.checkpoint_seconds=0"]
+    overrides += ["sweep.space.config.exploration={grid: [0.1, 1.0]}"]
+    overrides += ["sweep.space.seed={grid: [0, 1, 2]}"]
+    return ["sweep", str(SPEC), "--preset", "smoke", *[f"--set={item}" for item in overrides]]
+
+
+def sweep_process(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "maestro", *resume_command(tmp_path)]
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": address,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+    }
+    log = tmp_path / f"driver{len(list(tmp_path.glob('driver*')))}.log"
+    with open(log, "wb") as output:
+        return subprocess.Popen(
+            [*command, *extra],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_killed_sweep_resumes_into_the_same_runs(ray_cluster, tmp_path, capsys):
+    total = 30
+    driver = sweep_process(tmp_path, ray_cluster)
+    client = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+        states = list((tmp_path / "store" / "sweeps" / "randomist").glob("*/sweep.json"))
+        if not states:
+            continue
+        parent_id = json.loads(states[0].read_text())["parent_run_id"]
+        client = client or mlflow_client(tmp_path)
+        if sum(r.info.status == "FINISHED" for r in children(client, parent_id)) < 10:
+            continue
+        # Kill with trials in flight (runs exist that have not finished): the driver is
+        # frozen while its runs are read, so none can finish between the look and the kill.
+        os.killpg(driver.pid, signal.SIGSTOP)
+        try:
+            runs = children(client, parent_id)
+        except MlflowException:  # the frozen driver held the database's write lock
+            runs = []
+        if any(r.info.status != "FINISHED" for r in runs):
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started
+            driver.wait()
+            break
+        os.killpg(driver.pid, signal.SIGCONT)
+    assert driver.returncode == -signal.SIGKILL, (tmp_path / "driver0.log").read_text()[-3000:]
+
+    before = {r.data.tags["maestro.sweep.trial"]: r for r in children(client, parent_id)}
+    finished_before = {name: r for name, r in before.items() if r.info.status == "FINISHED"}
+    unfinished_before = {name: r for name, r in before.items() if r.info.status != "FINISHED"}
+    assert 10 <= len(finished_before) < total
+    assert len(before) < total
+
+    # Without --resume the sweep refuses to start over (before Ray or MLflow start).
+    assert main(resume_command(tmp_path)) == 2
+    assert "continue it with --resume" in capsys.readouterr().err
+
+    resumed = sweep_process(tmp_path, ray_cluster, "--resume")
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "driver1.log").read_text()[-3000:]
+
+    after = children(client, parent_id)
+    names = Counter(r.data.tags["maestro.sweep.trial"] for r in after)
+    assert len(after) == total and len(names) == total  # one run per trial, no duplicates
+    assert all(r.info.status == "FINISHED" for r in after)
+    by_name = {r.data.tags["maestro.sweep.trial"]: r for r in after}
+    for name, run in finished_before.items():
+        # Finished trials were not rerun: same run, untouched since.
+        assert by_name[name].info.run_id == run.info.run_id
+        assert by_name[name].info.end_time == run.info.end_time
+    for name, run in unfinished_before.items():
+        assert by_name[name].info.run_id == run.info.run_id  # continued, not replaced
+    for run in after:
+        steps = [step for step, _ in histories(client, run.info.run_id, "regret")]
+        assert steps == [20, 40, 60], (run.data.tags["maestro.sweep.trial"], steps)
+    # A resumed trial's curve is the one an uninterrupted run of its config draws.
+    base = load_spec(SPEC, preset="smoke", overrides=[*TINY, "config.rounds=60"]).resolved()
+    assert unfinished_before  # the kill landed with trials in flight
+    for name in unfinished_before:
+        run = by_name[name]
+        trial = apply_params(base, json.loads(run.data.tags["maestro.sweep.params"]))
+        cfg = RandomistConfig.model_validate(trial["config"])
+        (algorithm,) = cfg.algorithms
+        curve = list(simulate(cfg, algorithm, trial["seed"], arm_values(cfg)))
+        expected = [(t, curve[t - 1]) for t in (20, 40, 60)]
+        assert histories(client, run.info.run_id, "regret") == pytest.approx(expected)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["sweep/trials"] == total
+    assert parent.data.metrics["sweep/errored"] == 0
+
+
+# ---------------------------------------------------------------- 200 trials
+
+
+def test_two_hundred_trials_one_child_run_each(ray_cluster, tracking):
+    spec = tiny_spec(
+        tracking,
+        "sweep.space.seed={grid: [0, 1, 2, 3, 4, 5, 6, 7]}",
+        "sweep.space.config.exploration={grid: [0.03, 0.1, 0.3, 1.0, 3.0]}",
+    )
+    started = time.monotonic()
+    result = run_sweep(spec)
+    elapsed = time.monotonic() - started
+    assert result.trials == 200 and result.errored == 0 and result.stopped_early == 0
+    print(f"200 trials in {elapsed:.1f} s")
+
+    client = mlflow_client(tracking)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["maestro.kind"] == "sweep"
+    runs = children(client, result.parent_run_id)
+    assert len(runs) == 200
+    assert len({r.data.tags["maestro.sweep.trial"] for r in runs}) == 200
+    combos = {
+        (
+            r.data.params["config.algorithms"],
+            r.data.params["config.exploration"],
+            r.data.params["seed"],
+        )
+        for r in runs
+    }
+    assert len(combos) == 200  # every grid point once
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["maestro.trial.outcome"] == "completed"
+        assert run.data.params["config.rounds"] == "40"
+        assert run.data.metrics["rounds"] == 40
+        (algorithm,) = json.loads(run.data.params["config.algorithms"])
+        assert run.data.metrics[f"regret/{algorithm}"] == run.data.metrics["regret"]
+    sample = runs[0]
+    curve = histories(client, sample.info.run_id, "regret")
+    assert [step for step, _ in curve] == [20, 40]  # rounds as the step
+    assert curve[0][1] <= curve[1][1]  # cumulative regret does not fall
+
+    # The parent summarises the best trials, which are the lowest final regrets.
+    lowest = min(r.data.metrics["regret"] for r in runs)
+    assert parent.data.metrics["best/regret"] == pytest.approx(lowest)
+    assert result.best[0]["regret"] == pytest.approx(lowest)
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")}
+    assert artifacts == {"sweep/best_trials.json", "sweep/trials.json"}
+
+    # Running the finished sweep again reports it and starts nothing.
+    again = run_sweep(spec)
+    assert again.already_finished and again.parent_run_id == result.parent_run_id
+    assert len(children(client, result.parent_run_id)) == 200
+
+
+# ---------------------------------------------------------------- schedulers
+
+
+def test_asha_stops_the_over_exploring_trials_early(ray_cluster, tracking):
+    # OPTIMIST with a huge exploration bonus plays arms nearly uniformly: its regret grows
+    # linearly. Good values come first in the grid, so each rung already holds them when
+    # the bad trials arrive.
+    result, runs = tiny_sweep(
+        tracking,
+        12,
+        "config.rounds=100",
+        "config.log_every=10",
+        "sweep.space.config.algorithms={grid: [[optimist]]}",
+        "sweep.space.config.exploration={grid: [0.01, 0.03, 0.1, 10.0, 30.0, 100.0]}",
+        "sweep.space.seed={grid: [0, 1]}",
+        "sweep.scheduler={type: asha, max_t: 10, grace_period: 2, reduction_factor: 3}",
+    )
+    client = mlflow_client(tracking)
+    reports: dict[float, list[tuple[int, str]]] = {
+        float(r.data.params["config.exploration"]): [] for r in runs
+    }
+    for run in runs:
+        steps = len(histories(client, run.info.run_id, "regret"))
+        reports[float(run.data.params["config.exploration"])].append(
+            (steps, run.data.tags["maestro.trial.outcome"])
+        )
+    for exploration, outcomes in reports.items():
+        if exploration >= 10:
+            assert all(steps < 10 and outcome == "stopped" for steps, outcome in outcomes), (
+                exploration,
+                outcomes,
+            )
+    completed = [e for e, outcomes in reports.items() for s, o in outcomes if o == "completed"]
+    assert completed and max(completed) <= 0.1
+    assert result.stopped_early >= 6
+    assert result.best[0]["params"]["config.exploration"] <= 0.1
+
+
+def test_pbt_records_changed_hyperparameters_as_metrics_and_tags(ray_cluster, tracking):
+    result, runs = tiny_sweep(
+        tracking,
+        4,
+        "config.rounds=100",
+        "config.log_every=10",
+        "sweep.search=random",
+        "sweep.space={config: {algorithms: {grid: [[optimist]]}, "
+        "exploration: {choice: [0.03, 3.0]}}}",
+        "sweep.num_samples=4",
+        "sweep.scheduler={type: pbt, perturbation_interval: 2, "
+        "mutations: {config.exploration: {choice: [0.03, 0.3, 3.0]}}}",
+    )
+    client = mlflow_client(tracking)
+    assert len(runs) == 4
+    perturbed = 0
+    for run in runs:
+        history = histories(client, run.info.run_id, "hp/config.exploration")
+        assert history and history[0][0] == 10  # the first value, at the first report
+        values = [value for _, value in history]
+        assert all(value in (0.03, 0.3, 3.0) for value in values)
+        changes = int(run.data.tags["maestro.pbt.perturbations"])
+        assert changes == len(values) - 1
+        assert float(run.data.tags["maestro.hp.config.exploration"]) == values[-1]
+        perturbed += changes
+    assert perturbed >= 1
+
+
+# ---------------------------------------------------------------- Optuna, with Tune's state on S3
+
+
+def test_optuna_search_with_tune_state_and_checkpoints_on_s3(ray_cluster, tracking, s3_env):
+    from maestro.sweep import tune_storage
+
+    path, filesystem = tune_storage(f"s3://{s3_env.bucket}/tune")
+    assert path == f"{s3_env.bucket}/tune"
+    assert filesystem.type_name == "s3"
+
+    result, runs = tiny_sweep(
+        tracking,
+        4,
+        f"sweep.storage=s3://{s3_env.bucket}/tune",
+        "sweep.checkpoint_seconds=0",
+        "sweep.search=optuna",
+        "sweep.num_samples=4",
+        "config.algorithms=[optimist]",
+        "sweep.space={config: {exploration: {loguniform: [0.01, 10.0]}}, seed: {choice: [0, 1]}}",
+    )
+    assert result.tune_path == f"s3://{s3_env.bucket}/tune/{result.name}"
+    values = sorted(float(r.data.params["config.exploration"]) for r in runs)
+    assert len(set(values)) == 4 and values[0] >= 0.01 and values[-1] <= 10.0
+    assert {r.data.params["seed"] for r in runs} <= {"0", "1"}
+
+    listing = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="tune/")
+    keys = [item["Key"] for item in listing.get("Contents", [])]
+    prefix = f"tune/{result.name}/"
+    assert any(k.startswith(prefix) and "experiment_state" in k for k in keys)
+    checkpoints = {k.split("/")[2] for k in keys if k.endswith("/state.json")}
+    assert len(checkpoints) == 4  # each trial's checkpoints are in the bucket
