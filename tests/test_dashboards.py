@@ -6,16 +6,13 @@ Each dashboard is checked against the job that exports its metrics. One local Ra
 the reward model and a little APPO training: rollout, annotation, learner and return
 metrics), then the annotation job with the `hf` backend on a tiny random-weight Llama built
 here, whose answers are noise, so the invalid-answer counter is recorded as a 70B judge's
-unparseable answers are. Ray records its own task, actor, resource and node metrics. The
-endpoint is scraped over HTTP: every metric that a panel of annotation.json, training.json,
+unparseable answers are, then a tiny RANDOMIST sweep (`jobs/randomist/sweep.yaml`: trials
+per state). Ray records its own task, actor, resource and node metrics. The endpoint is
+scraped over HTTP: every metric that a panel of annotation.json, training.json,
 sweeps.json or cluster.json (or a template variable) selects must be in the scrape, with the
 label values it matches exactly, and Maestro's values must equal what the runs logged to
-MLflow.
-
-Metrics whose exporting job is not in the repository yet are listed in `AWAITING`; the
-panels over them are checked against the names and labels `maestro.metrics` declares. GPU
-metrics cannot appear on a machine without a GPU; for those the test checks that Ray's node
-agent declares them.
+MLflow. GPU metrics cannot appear on a machine without a GPU; for those the test checks that
+Ray's node agent declares them.
 """
 
 from __future__ import annotations
@@ -59,21 +56,15 @@ NOISY_JUDGE = [
     "config.pairs.num_draws=40",
     "config.annotation.batch_size=8",
 ]
-# Maestro metrics that no job in the repository records yet -> (the recorder in
-# maestro.metrics, the job that will record them). When that job lands, run it in the
-# fixture below and remove its metrics from here.
-AWAITING = {
-    "maestro_sweep_trials": ("SweepMetrics", "`maestro sweep` (platform/maestro/sweep.py)"),
-}
-# Label values the recorders write (LearnerMetrics.record's return kinds, Tune's states).
-DECLARED_VALUES = {
-    "kind": {"intrinsic", "extrinsic"},
-    "state": set(metrics.TRIAL_STATES.values()),
-}
-# Prometheus sample name (e.g. ray_maestro_learner_samples_total) -> metrics.METRICS name.
-SAMPLE_TO_METRIC = {
-    sample: name for name, samples in metrics.exported_names().items() for sample in samples
-}
+SWEEP = REPO / "jobs" / "randomist" / "sweep.yaml"
+# Ten tiny RANDOMIST trials (5 algorithms x 2 exploration coefficients), two reports each.
+SWEEP_SMALL = [
+    "config.rounds=40",
+    "config.log_every=20",
+    "config.value_samples=1000",
+    "sweep.space.config.exploration={grid: [0.1, 1.0]}",
+    "sweep.space.seed={grid: [0]}",
+]
 
 
 # ---------------------------------------------------------------- reading the dashboards
@@ -193,27 +184,6 @@ def test_the_dashboards_cover_what_operators_watch():
     ]
 
 
-def test_awaited_metrics_are_declared_and_no_job_records_them_yet():
-    """The panels over AWAITING metrics select declared names, labels and label values;
-    once a job records one of them, this test says to run that job here instead."""
-    for query in dashboard_queries():
-        for name, labels in selectors(query.expr):
-            metric = SAMPLE_TO_METRIC.get(name)
-            if metric not in AWAITING:
-                continue
-            where = f"{query.dashboard} / {query.panel}: {name}"
-            _, _, tag_keys = metrics.METRICS[metric]
-            assert set(labels) <= set(tag_keys), where
-            for key, value in labels.items():
-                assert value in DECLARED_VALUES.get(key, {value}), (where, key, value)
-    sources = [
-        path for path in (REPO / "platform" / "maestro").rglob("*.py") if path.name != "metrics.py"
-    ]
-    for metric, (recorder, job) in AWAITING.items():
-        users = [str(p) for p in sources if re.search(rf"\b{recorder}\(", p.read_text())]
-        assert not users, f"{users} record {metric}: run {job} in this test, drop it from AWAITING"
-
-
 # ---------------------------------------------------------------- the live cluster
 
 
@@ -313,7 +283,7 @@ def value_problems(result: Scrape, expected: dict[str, dict[str, float]]) -> lis
 
 def panel_problems(result: Scrape) -> list[str]:
     """Metrics (and exactly matched label values) that panels select and the scrape lacks,
-    except AWAITING metrics and GPU metrics on a machine without a GPU."""
+    except GPU metrics on a machine without a GPU."""
     from ray.dashboard.modules.reporter.reporter_agent import METRICS_GAUGES
 
     names = result.names()
@@ -322,8 +292,6 @@ def panel_problems(result: Scrape) -> list[str]:
     for query in dashboard_queries():
         for name, labels in selectors(query.expr):
             where = f"{query.dashboard} / {query.panel}: {name}{labels or ''}"
-            if SAMPLE_TO_METRIC.get(name) in AWAITING:
-                continue
             if name in names:
                 if not result.has(name, labels):
                     problems.append(f"{where}: no series with these labels")
@@ -346,12 +314,13 @@ class Exported:
     expected: dict[str, dict[str, float]]  # run -> metric -> value
     quickstart_run: str
     noisy_run: str
+    sweep: dict  # the sweep's name and trial count
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Iterator[Exported]:
-    """Run the quickstart and the noisy annotation job on one local Ray cluster and scrape
-    its endpoint."""
+    """Run the quickstart, the noisy annotation job and a tiny RANDOMIST sweep on one local
+    Ray cluster and scrape its endpoint."""
     from maestro.llm.tiny import build_random_llama
     from maestro.runtime import auth_mode, create_local_token, token_available
     from maestro.spec import load_spec
@@ -397,6 +366,10 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
                 batch_size = spec.config.annotation.batch_size
                 expected[result.run_name] = job_expectations(result, batch_size)
                 runs.append(result.run_name)
+            from maestro.sweep import run_sweep
+
+            sweep = run_sweep(load_spec(str(SWEEP), preset="smoke", overrides=SWEEP_SMALL))
+            sweep_trials = {"sweep": sweep.name, "trials": sweep.trials}
             deadline = time.monotonic() + 60
             latest = scrape(port)
             while value_problems(latest, expected) or panel_problems(latest):
@@ -405,7 +378,7 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
                 time.sleep(1)
                 latest = scrape(port)
             time.sleep(3 * REPORT_INTERVAL_S)
-            yield Exported(latest, scrape(port), expected, *runs)
+            yield Exported(latest, scrape(port), expected, *runs, sweep_trials)
         finally:
             ray.shutdown()
 
@@ -439,6 +412,24 @@ def test_recorded_values_reach_the_metrics_endpoint(exported):
     for run in (exported.quickstart_run, exported.noisy_run):
         assert exported.later.has("ray_maestro_annotation_queue_depth", {"run": run})
     assert exported.later.has("ray_maestro_episode_return", {"run": exported.quickstart_run})
+
+
+def test_sweep_trial_counts_reach_the_metrics_endpoint(exported):
+    sweep = exported.sweep
+    assert sweep["trials"] == 10
+
+    def trials(state: str) -> list[float]:
+        labels = {"sweep": sweep["sweep"], "state": state}
+        return [
+            s.value
+            for s in exported.later.samples
+            if s.name == "ray_maestro_sweep_trials"
+            and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    assert trials("finished") == [10]
+    for state in ("pending", "running", "paused", "errored"):
+        assert trials(state) == [0]
 
 
 def test_every_metric_a_panel_queries_is_exported(exported):

@@ -104,3 +104,53 @@ def test_quickstart_killed_in_training_resumes_into_the_same_run(mlflow_server, 
     plots = [a.path for a in client.list_artifacts(run_id, "plots")]
     assert "plots/training_returns.png" in plots
     assert read_checkpoint_state(store, f"{prefix}/agent").env_steps == final
+
+
+def test_a_motif_sweep_trains_agents_on_a_stored_reward_model(tmp_path):
+    """`maestro sweep jobs/motif/sweep.yaml`: trials vary the reward's coefficients on the
+    reward model of a finished run; each trial is one MLflow child run with its curves
+    against env steps, its checkpoint in the store, and ASHA's verdict."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
+    env["MAESTRO_STORE"] = str(tmp_path / "store")
+    reward_run = [
+        sys.executable, "-m", "maestro", "run", SPEC, "--preset", "smoke",
+        "--set", "config.collect.num_shards=4",
+        "--set", "config.stages=[collect, annotate, reward]",
+        "--set", "tracking.run_name=motif-reward",
+    ]  # fmt: skip
+    done = subprocess.run(reward_run, env=env, cwd=tmp_path, capture_output=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    sweep = [
+        sys.executable, "-m", "maestro", "sweep", str(REPO / "jobs" / "motif" / "sweep.yaml"),
+        "--preset", "smoke",
+        "--set", "config.train.env_steps=3072",
+        "--set", "config.train.max_episode_steps=200",
+        "--set", "sweep.num_samples=3",
+        "--set", "sweep.scheduler={type: asha, max_t: 3, grace_period: 1, reduction_factor: 2}",
+    ]  # fmt: skip
+    done = subprocess.run(sweep, env=env, cwd=tmp_path, capture_output=True, timeout=500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("motif-sweep").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`maestro.kind` = 'sweep'")
+    trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(trials) == 3
+    store = LocalStore(tmp_path / "store")
+    coefficients = set()
+    for trial in trials:
+        assert trial.info.status == "FINISHED"
+        outcome = trial.data.tags["maestro.trial.outcome"]
+        assert outcome in ("completed", "stopped")
+        coefficients.add(trial.data.params["config.intrinsic.coef_intrinsic"])
+        scores = client.get_metric_history(trial.info.run_id, "train/score")
+        steps = sorted(m.step for m in scores)
+        assert steps and steps[-1] >= 1024  # curves against env steps
+        name = trial.data.tags["maestro.sweep.trial"]
+        agent = f"sweeps/motif/{parent.info.run_name}/trials/{name}/agent"
+        checkpoint = read_checkpoint_state(store, agent)
+        if outcome == "completed":
+            assert checkpoint.env_steps >= 3072
+            assert "eval/score" in trial.data.metrics and "eval_random/score" in trial.data.metrics
+    assert len(coefficients) == 3  # each trial its own coefficients

@@ -15,6 +15,9 @@ The pipeline's stages, each stored under the run's folder and skipped when alrea
    games of the task.
 
 `stages:` in the spec chooses which run (e.g. `jobs/motif/annotate.yaml` stops after 2).
+With `reward_model_from:` (a finished run's folder) only `train` runs, on that run's reward
+model and dataset: how a sweep (`trainable`, `jobs/motif/sweep.yaml`) varies the agent and
+the reward's coefficients without annotating again.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ class MotifConfig(BaseModel):
     reward: RewardTrainingConfig = Field(default_factory=RewardTrainingConfig)
     intrinsic: IntrinsicRewardConfig = Field(default_factory=IntrinsicRewardConfig)
     train: TrainingConfig = Field(default_factory=TrainingConfig)
+    reward_model_from: str | None = Field(
+        default=None,
+        description="a finished Motif run's folder in the store (runs/motif/<name>): train on "
+        "its reward model and dataset (stages: [train])",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +84,10 @@ class MotifConfig(BaseModel):
         order = [STAGES.index(s) for s in self.stages]
         if order != sorted(set(order)):
             raise ValueError(f"stages must be distinct and in the order {', '.join(STAGES)}")
+        if self.reward_model_from is not None and self.stages != ["train"]:
+            raise ValueError(
+                "reward_model_from trains on a stored reward model: set stages: [train]"
+            )
         return self
 
 
@@ -176,13 +188,30 @@ def log_reward_model(ctx, model: RewardModel) -> None:
         ctx.tracker.client.log_artifacts(ctx.tracker.run_id, str(path), "reward_model")
 
 
+def stored_reward_model(store, run_folder: str) -> tuple[list[str], RewardModel]:
+    """The dataset captions and reward model of a finished Motif run."""
+    key = f"{run_folder.rstrip('/')}/reward_model/model.pt"
+    if not store.exists(key):
+        raise FileNotFoundError(
+            f"reward_model_from: no reward model at {store.uri(key)} (run the collect, annotate "
+            "and reward stages there first)"
+        )
+    captions = load_captions(store, f"{run_folder.rstrip('/')}/dataset")
+    return captions, RewardModel.from_bytes(store.get_bytes(key))
+
+
+def intrinsic_threshold(cfg: MotifConfig, captions: list[str], model: RewardModel) -> float | None:
+    """eps from `intrinsic.threshold_quantile` of the dataset's normalised rewards, or None
+    for the reward model's own threshold."""
+    if cfg.intrinsic.threshold_quantile is None:
+        return None
+    return float(np.quantile(model.normalised(captions), cfg.intrinsic.threshold_quantile))
+
+
 def stage_train(ctx, captions: list[str], model: RewardModel) -> TrainingResult:
     """Train the agent on the combined reward (continuing from a stored checkpoint), then
     evaluate it; the learning curves go to MLflow as a plot."""
     cfg: MotifConfig = ctx.config
-    threshold = None
-    if cfg.intrinsic.threshold_quantile is not None:
-        threshold = float(np.quantile(model.normalised(captions), cfg.intrinsic.threshold_quantile))
     result = train_agent(
         cfg.task,
         cfg.train,
@@ -193,7 +222,7 @@ def stage_train(ctx, captions: list[str], model: RewardModel) -> TrainingResult:
         run_name=ctx.spec.run_name(),
         reward_model=model,
         intrinsic=cfg.intrinsic,
-        threshold=threshold,
+        threshold=intrinsic_threshold(cfg, captions, model),
         progress=ctx.progress,
     )
     plot_returns(ctx)
@@ -237,6 +266,9 @@ def pipeline(ctx) -> dict[str, float]:
     """Run the configured stages in order; return the summary metrics."""
     cfg: MotifConfig = ctx.config
     summary: dict[str, float] = {}
+    if cfg.reward_model_from is not None:
+        captions, model = stored_reward_model(ctx.store, cfg.reward_model_from)
+        return {**summary, **train_summary(stage_train(ctx, captions, model))}
     captions = stage_collect(ctx)
     summary["unique_captions"] = len(set(captions))
     if "annotate" not in cfg.stages:
@@ -250,16 +282,77 @@ def pipeline(ctx) -> dict[str, float]:
     model = stage_reward(ctx, captions, preferences)
     if "train" not in cfg.stages:
         return summary
-    result = stage_train(ctx, captions, model)
-    summary["env_steps"] = result.env_steps
-    summary.update({k.replace("/", "_"): v for k, v in result.eval.items()})
+    summary.update(train_summary(stage_train(ctx, captions, model)))
     return summary
+
+
+def train_summary(result: TrainingResult) -> dict[str, float]:
+    """Env steps trained and the evaluation figures, as summary metrics."""
+    return {
+        "env_steps": result.env_steps,
+        **{k.replace("/", "_"): v for k, v in result.eval.items()},
+    }
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+class TuneReporter:
+    """What `train_agent` logs, reported to Tune instead of MLflow (the sweep's callback
+    writes each trial's results to its MLflow child run). Tune wants the sweep's metric in
+    every report, so each report carries the latest value of every metric so far, and none
+    is sent before the sweep's metric has a value (use a training metric such as
+    `train/intrinsic_return` for schedulers: `eval/*` comes only at the end)."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.latest: dict[str, float] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = False) -> None:
+        from ray import tune
+
+        self.latest.update(metrics, env_steps=step)
+        if self.metric in self.latest:
+            tune.report(dict(self.latest))
+
+    def flush(self) -> None:
+        """Nothing is buffered that a report could send."""
+
+
+def trainable(config: dict) -> None:
+    """Tune trial: train an agent on the reward model of `config.reward_model_from` with
+    the trial's settings (coefficients, beta, threshold, agent, learning rate), reporting
+    every training iteration and the evaluation. A restarted trial continues from its
+    checkpoint in the store (`sweeps/motif/<sweep>/trials/<trial>/agent`)."""
+    from ray import tune
+
+    from maestro.store import open_store
+
+    cfg = MotifConfig.model_validate(config["config"])
+    if cfg.reward_model_from is None:
+        raise ValueError("a Motif sweep trains on a stored reward model: set reward_model_from")
+    store = open_store((config.get("store") or {}).get("uri"))
+    captions, model = stored_reward_model(store, cfg.reward_model_from)
+    trial = tune.get_context().get_trial_name()
+    train_agent(
+        cfg.task,
+        cfg.train,
+        tracker=TuneReporter(config["sweep"]["metric"]),
+        store=store,
+        prefix=f"{config['sweep']['prefix']}/trials/{trial}/agent",
+        seed=int(config.get("seed", 0)),
+        run_name=trial,
+        reward_model=model,
+        intrinsic=cfg.intrinsic,
+        threshold=intrinsic_threshold(cfg, captions, model),
+    )
 
 
 METHOD = Method(
     name="motif",
     config=MotifConfig,
     pipeline=pipeline,
+    trainable=trainable,
     stages=STAGES,
     summary="Intrinsic reward from LLM preferences on NetHack (METHODS.md §1).",
 )

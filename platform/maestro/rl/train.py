@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -62,7 +62,6 @@ from maestro.rl.intrinsic_connector import (
 )
 from maestro.rl.nethack_module import AgentConfig, module_spec
 from maestro.store import ArtifactStore
-from maestro.tracking import Tracker
 
 CHECKPOINT = "checkpoint.tar"
 STATE_FILE = "train_state.json"
@@ -511,6 +510,14 @@ def learner_module(algo):
 # ---------------------------------------------------------------- loop
 
 
+class MetricsLog(Protocol):
+    """Where training logs: a `maestro.tracking.Tracker`, or a sweep trial's reporter."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = False) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 @dataclass
 class TrainingResult:
     """How `train_agent` ended."""
@@ -527,7 +534,7 @@ def train_agent(
     task: str,
     config: TrainingConfig,
     *,
-    tracker: Tracker,
+    tracker: MetricsLog,
     store: ArtifactStore,
     prefix: str,
     seed: int,
