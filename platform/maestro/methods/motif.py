@@ -230,7 +230,7 @@ def stage_train(ctx, captions: list[str], model: RewardModel) -> TrainingResult:
 
 
 def plot_returns(ctx) -> None:
-    """Intrinsic and extrinsic return per episode, and distinct messages, against env
+    """Intrinsic and extrinsic return, score and distinct messages per episode against env
     steps, read back from the run (so a resumed run's plot covers all of it)."""
     if not ctx.tracker.enabled:
         return
@@ -265,12 +265,11 @@ def plot_returns(ctx) -> None:
 def pipeline(ctx) -> dict[str, float]:
     """Run the configured stages in order; return the summary metrics."""
     cfg: MotifConfig = ctx.config
-    summary: dict[str, float] = {}
     if cfg.reward_model_from is not None:
         captions, model = stored_reward_model(ctx.store, cfg.reward_model_from)
-        return {**summary, **train_summary(stage_train(ctx, captions, model))}
+        return train_summary(stage_train(ctx, captions, model))
     captions = stage_collect(ctx)
-    summary["unique_captions"] = len(set(captions))
+    summary: dict[str, float] = {"unique_captions": len(set(captions))}
     if "annotate" not in cfg.stages:
         return summary
     preferences = stage_annotate(ctx, captions)
@@ -302,7 +301,7 @@ class TuneReporter:
     writes each trial's results to its MLflow child run). Tune wants the sweep's metric in
     every report, so each report carries the latest value of every metric so far, and none
     is sent before the sweep's metric has a value (use a training metric such as
-    `train/intrinsic_return` for schedulers: `eval/*` comes only at the end)."""
+    `train/score` for schedulers: `eval/*` comes only at the end)."""
 
     def __init__(self, metric: str):
         self.metric = metric
