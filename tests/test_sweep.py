@@ -246,6 +246,40 @@ def test_killed_sweep_resumes_into_the_same_runs(ray_cluster, tmp_path, capsys):
     assert parent.data.metrics["sweep/errored"] == 0
 
 
+def test_a_trial_restarted_from_its_own_checkpoint_continues_its_curve(ray_cluster, tracking):
+    """A trial whose checkpoints Tune never holds (a Motif agent's live in the store) is
+    restarted by a resumed sweep from Tune iteration 1 while its step metric goes on from
+    its own checkpoint: the resumed driver's callback logs every new step into the same run
+    and skips only the steps already there."""
+    from ray import tune
+    from ray.tune.experiment import Trial
+
+    from maestro.sweep import SweepTracking, start_parent
+
+    plan = load_sweep(tiny_spec(tracking))
+    parent = start_parent(plan, None, str(tracking / "tune"))
+    tune.register_trainable("restarted", lambda config: None)
+    params = {"config.algorithms": ["ucb1"], "config.exploration": 0.3, "seed": 0}
+    trial = Trial("restarted", config=params, experiment_tag="0_seed=0", trial_id="t0")
+
+    def driver(reports: list[tuple[int, int]]) -> None:
+        """One sweep driver's callback seeing the trial report (iteration, rounds)."""
+        callback = SweepTracking(plan, parent.run_id)
+        callback.setup()
+        callback.on_trial_start(0, [trial], trial)
+        for iteration, rounds in reports:
+            result = {"training_iteration": iteration, "rounds": rounds, "regret": rounds / 10}
+            callback.on_trial_result(0, [trial], trial, result)
+        callback.get_state()  # Tune saves its state: everything reaches MLflow
+
+    driver([(1, 20), (2, 40), (3, 60)])  # killed after round 60, checkpointed at round 20
+    driver([(1, 40), (2, 60), (3, 80), (4, 100)])
+    client = mlflow_client(tracking)
+    (run,) = children(client, parent.run_id)
+    expected = [(rounds, rounds / 10) for rounds in (20, 40, 60, 80, 100)]
+    assert histories(client, run.info.run_id, "regret") == pytest.approx(expected)
+
+
 # ---------------------------------------------------------------- 200 trials
 
 

@@ -370,7 +370,8 @@ class TrialRun:
     tracker: Tracker | None = None
     status: str = "RUNNING"
     outcome: str = ""  # completed | stopped | error, once the trial ended
-    last_iteration: int = 0  # results at or below this are already in MLflow
+    last_step: int = 0  # the step and Tune iteration of the last result in MLflow
+    last_iteration: int = 0
     final: dict[str, float] = field(default_factory=dict)
     is_open: bool = False
     seen: bool = False  # started by this driver
@@ -395,14 +396,18 @@ def search_runs(client: Any, experiment_ids: list[str], filter_string: str) -> l
 
 def find_trial_runs(client: Any, parent_run_id: str) -> dict[str, TrialRun]:
     """Every child run of a sweep, by trial name (read from the runs' tags)."""
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    children = search_runs(client, [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    parent = client.get_run(parent_run_id)
+    step_metric = parent.data.tags.get("maestro.sweep.step_metric", "training_iteration")
+    children = search_runs(
+        client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
     return {
         run.data.tags["maestro.sweep.trial"]: TrialRun(
             params=json.loads(run.data.tags["maestro.sweep.params"]),
             tracker=Tracker(client, run.info.run_id),
             status=run.info.status,
             outcome=run.data.tags.get("maestro.trial.outcome", ""),
+            last_step=int(run.data.metrics.get(step_metric, 0)),
             last_iteration=int(run.data.metrics.get("training_iteration", 0)),
             final=dict(run.data.metrics),
         )
@@ -562,12 +567,17 @@ def define_tracking_callback() -> type:
             self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
         ) -> None:
             run = self.open_run(trial)
-            reached = int(result.get("training_iteration", 0))
-            if run is None or reached <= run.last_iteration:
-                return  # already in MLflow: a trial restored from an older checkpoint
-            run.last_iteration = reached
-            run.outcome = "stopped" if self.stopped_early(result) else "completed"
+            # New results are those past the last one in MLflow by step, then by Tune's
+            # iteration (several reports can share a step, as a Motif evaluation shares
+            # the last training step). Not by iteration alone: a trial restarted without a
+            # Tune checkpoint but from its own (a Motif agent's) counts iterations from 1
+            # again while its steps go on.
+            reached = int(result["training_iteration"])
             step = int(result.get(self.plan.sweep.step_metric, reached))
+            if run is None or (step, reached) <= (run.last_step, run.last_iteration):
+                return  # already in MLflow: a trial restored from an older checkpoint
+            run.last_step, run.last_iteration = step, reached
+            run.outcome = "stopped" if self.stopped_early(result) else "completed"
             run.pending.append((step, {**result_metrics(result), **self.pbt_values(run, trial)}))
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
@@ -589,7 +599,7 @@ def define_tracking_callback() -> type:
         def get_state(self) -> None:
             # Tune is saving its experiment state: what it may resume from must be in
             # MLflow first, so only results past it are ever reported twice (and those
-            # are skipped by `training_iteration`).
+            # are skipped by their step).
             self.flush()
             self.drain()
 
