@@ -28,6 +28,12 @@ def maestro_env(s3_server, mlflow_server, store_prefix: str) -> dict[str, str]:
     return env
 
 
+def maestro_run(env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
+    """`maestro run` of the RANDOMIST LQG spec in a subprocess, its output captured."""
+    command = [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke", *options]
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
 def run_state(s3_server, store_prefix: str) -> dict:
     client = s3_server.client()
     keys = [
@@ -45,14 +51,7 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
     s3_server, mlflow_server, tmp_path
 ):
     env = maestro_env(s3_server, mlflow_server, "smoke-store")
-    done = subprocess.run(
-        [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = maestro_run(env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "randomist runs: 100%" in done.stderr  # progress with throughput was shown
     state = run_state(s3_server, "smoke-store")
@@ -104,14 +103,7 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
     assert S3_SECRET not in everything
 
     # Running the finished spec again reports it and changes nothing.
-    again = subprocess.run(
-        [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = maestro_run(env)
     assert again.returncode == 0
     assert "already finished" in again.stdout
     assert len(client.get_metric_history(run.info.run_id, "regret/ucb1")) == 40
@@ -119,23 +111,9 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
 
 def test_killed_run_resumes_into_the_same_mlflow_run(s3_server, mlflow_server):
     env = maestro_env(s3_server, mlflow_server, "resume-store")
-    command = [
-        sys.executable,
-        "-m",
-        "maestro",
-        "run",
-        LQG,
-        "--preset",
-        "smoke",
-        "--set",
-        "seed=100",
-        "--set",
-        "config.num_seeds=4",
-        "--set",
-        "config.rounds=3000",
-    ]
+    options = ["--set", "seed=100", "--set", "config.num_seeds=4", "--set", "config.rounds=3000"]
     process = subprocess.Popen(
-        command,
+        [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke", *options],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -164,7 +142,7 @@ def test_killed_run_resumes_into_the_same_mlflow_run(s3_server, mlflow_server):
     killed = run_state(s3_server, "resume-store")
     assert killed["status"] == "RUNNING"  # killed: nothing got to mark it
 
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = maestro_run(env, *options)
     assert done.returncode == 0, done.stderr[-3000:]
     after = curves()
     assert len(after) == 20
