@@ -28,10 +28,16 @@ def maestro_env(s3_server, mlflow_server, store_prefix: str) -> dict[str, str]:
     return env
 
 
+def maestro_command(*options: str) -> list[str]:
+    """`maestro run` of the RANDOMIST LQG spec's smoke preset."""
+    return [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke", *options]
+
+
 def maestro_run(env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
-    """`maestro run` of the RANDOMIST LQG spec in a subprocess, its output captured."""
-    command = [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke", *options]
-    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    """`maestro_command` in a subprocess, its output captured."""
+    return subprocess.run(
+        maestro_command(*options), env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def run_state(s3_server, store_prefix: str) -> dict:
@@ -113,7 +119,7 @@ def test_killed_run_resumes_into_the_same_mlflow_run(s3_server, mlflow_server):
     env = maestro_env(s3_server, mlflow_server, "resume-store")
     options = ["--set", "seed=100", "--set", "config.num_seeds=4", "--set", "config.rounds=3000"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke", *options],
+        maestro_command(*options),
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,

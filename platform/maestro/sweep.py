@@ -370,8 +370,7 @@ class TrialRun:
     tracker: Tracker | None = None
     status: str = "RUNNING"
     outcome: str = ""  # completed | stopped | error, once the trial ended
-    last_step: int = 0  # the step and Tune iteration of the last result in MLflow
-    last_iteration: int = 0
+    last_logged: tuple[int, int] = (0, 0)  # (step, Tune iteration) of its last result in MLflow
     final: dict[str, float] = field(default_factory=dict)
     is_open: bool = False
     seen: bool = False  # started by this driver
@@ -394,21 +393,23 @@ def search_runs(client: Any, experiment_ids: list[str], filter_string: str) -> l
             return runs
 
 
-def find_trial_runs(client: Any, parent_run_id: str) -> dict[str, TrialRun]:
-    """Every child run of a sweep, by trial name (read from the runs' tags)."""
-    parent = client.get_run(parent_run_id)
-    step_metric = parent.data.tags.get("maestro.sweep.step_metric", "training_iteration")
-    children = search_runs(
-        client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"
-    )
+def find_trial_runs(
+    client: Any, parent_run_id: str, step_metric: str = "training_iteration"
+) -> dict[str, TrialRun]:
+    """Every child run of a sweep, by trial name (read from the runs' tags); `step_metric`
+    (the sweep's) tells where each run's logged results end."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    children = search_runs(client, [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     return {
         run.data.tags["maestro.sweep.trial"]: TrialRun(
             params=json.loads(run.data.tags["maestro.sweep.params"]),
             tracker=Tracker(client, run.info.run_id),
             status=run.info.status,
             outcome=run.data.tags.get("maestro.trial.outcome", ""),
-            last_step=int(run.data.metrics.get(step_metric, 0)),
-            last_iteration=int(run.data.metrics.get("training_iteration", 0)),
+            last_logged=(
+                int(run.data.metrics.get(step_metric, 0)),
+                int(run.data.metrics.get("training_iteration", 0)),
+            ),
             final=dict(run.data.metrics),
         )
         for run in children
@@ -518,7 +519,9 @@ def define_tracking_callback() -> type:
             }
             self.base = self.plan.spec.resolved()
             self.base.pop("sweep")
-            self.runs = find_trial_runs(self.client, self.parent_run_id)
+            self.runs = find_trial_runs(
+                self.client, self.parent_run_id, self.plan.sweep.step_metric
+            )
             self.orphans: list[TrialRun] = []
             self.progress = tqdm(
                 total=self.plan.sweep.expected_trials(),
@@ -574,9 +577,9 @@ def define_tracking_callback() -> type:
             # again while its steps go on.
             reached = int(result["training_iteration"])
             step = int(result.get(self.plan.sweep.step_metric, reached))
-            if run is None or (step, reached) <= (run.last_step, run.last_iteration):
+            if run is None or (step, reached) <= run.last_logged:
                 return  # already in MLflow: a trial restored from an older checkpoint
-            run.last_step, run.last_iteration = step, reached
+            run.last_logged = (step, reached)
             run.outcome = "stopped" if self.stopped_early(result) else "completed"
             run.pending.append((step, {**result_metrics(result), **self.pbt_values(run, trial)}))
 
@@ -915,7 +918,7 @@ def summarise(plan: SweepPlan, results: Any, parent: Tracker) -> dict[str, Any]:
             "run_id": run.tracker.run_id,
             "params": run.params,
             metric: run.final.get(metric),
-            "training_iteration": run.last_iteration,
+            "training_iteration": run.last_logged[1],
             "outcome": run.outcome,
         }
         for name, run in sorted(find_trial_runs(parent.client, parent.run_id).items())
