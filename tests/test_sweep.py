@@ -186,20 +186,19 @@ def test_killed_sweep_resumes_into_the_same_runs(ray_cluster, tmp_path, capsys):
             continue
         parent_id = json.loads(states[0].read_text())["parent_run_id"]
         client = client or mlflow_client(tmp_path)
-        if sum(r.info.status == "FINISHED" for r in children(client, parent_id)) < 10:
-            continue
-        # Kill with trials in flight (runs exist that have not finished): the driver is
-        # frozen while its runs are read, so none can finish between the look and the kill.
-        os.killpg(driver.pid, signal.SIGSTOP)
         try:
             runs = children(client, parent_id)
-        except MlflowException:  # the frozen driver held the database's write lock
-            runs = []
-        if any(r.info.status != "FINISHED" for r in runs):
+        except MlflowException:  # the driver held the database's write lock too long
+            continue
+        # Kill with trials in flight (runs exist that have not finished), at once: a trial
+        # takes about a second, so the ones seen running are still running at the kill.
+        # (Freezing the driver first is no better: a frozen driver can hold sqlite's write
+        # lock, and the read then waits out the lock's timeout while the trials finish.)
+        finished = sum(r.info.status == "FINISHED" for r in runs)
+        if finished >= 10 and finished < len(runs):
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started
             driver.wait()
             break
-        os.killpg(driver.pid, signal.SIGCONT)
     assert driver.returncode == -signal.SIGKILL, (tmp_path / "driver0.log").read_text()[-3000:]
 
     before = {r.data.tags["maestro.sweep.trial"]: r for r in children(client, parent_id)}
