@@ -192,8 +192,7 @@ def test_killed_sweep_resumes_into_the_same_runs(ray_cluster, tmp_path, capsys):
             continue
         # Kill with trials in flight (runs exist that have not finished), at once: a trial
         # takes about a second, so the ones seen running are still running at the kill.
-        # (Freezing the driver first is no better: a frozen driver can hold sqlite's write
-        # lock, and the read then waits out the lock's timeout while the trials finish.)
+        # The driver is not frozen for the read: frozen, it can hold sqlite's write lock.
         finished = sum(r.info.status == "FINISHED" for r in runs)
         if finished >= 10 and finished < len(runs):
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started

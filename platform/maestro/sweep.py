@@ -393,9 +393,7 @@ def search_runs(client: Any, experiment_ids: list[str], filter_string: str) -> l
             return runs
 
 
-def find_trial_runs(
-    client: Any, parent_run_id: str, step_metric: str = "training_iteration"
-) -> dict[str, TrialRun]:
+def find_trial_runs(client: Any, parent_run_id: str, step_metric: str) -> dict[str, TrialRun]:
     """Every child run of a sweep, by trial name (read from the runs' tags); `step_metric`
     (the sweep's) tells where each run's logged results end."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -735,7 +733,7 @@ def run_sweep(spec: ExperimentSpec, resume: bool = False) -> SweepResult:
             run_trial,
             method_name=spec.method,
             base=trial_base(plan, store),
-            finished=finished_trials(parent) if resume else {},
+            finished=finished_trials(plan, parent) if resume else {},
         ),
         {"cpu": plan.sweep.resources.cpus, "gpu": plan.sweep.resources.gpus},
     )
@@ -810,13 +808,15 @@ def start_parent(plan: SweepPlan, state: dict | None, tune_path: str) -> Tracker
     return parent
 
 
-def finished_trials(parent: Tracker) -> dict[str, list[Any]]:
+def finished_trials(plan: SweepPlan, parent: Tracker) -> dict[str, list[Any]]:
     """Trial name -> [params, final metrics] of every FINISHED trial run of the sweep."""
     if not parent.enabled:
         return {}
     return {
         name: [run.params, {k: v for k, v in run.final.items() if k not in TUNE_AUTOFILLED}]
-        for name, run in find_trial_runs(parent.client, parent.run_id).items()
+        for name, run in find_trial_runs(
+            parent.client, parent.run_id, plan.sweep.step_metric
+        ).items()
         if run.status == "FINISHED"
     }
 
@@ -921,7 +921,9 @@ def summarise(plan: SweepPlan, results: Any, parent: Tracker) -> dict[str, Any]:
             "training_iteration": run.last_logged[1],
             "outcome": run.outcome,
         }
-        for name, run in sorted(find_trial_runs(parent.client, parent.run_id).items())
+        for name, run in sorted(
+            find_trial_runs(parent.client, parent.run_id, plan.sweep.step_metric).items()
+        )
     ]
     counts["stopped_early"] = sum(row["outcome"] == "stopped" for row in rows)
     scored = [row for row in rows if row[metric] is not None and not math.isnan(row[metric])]
