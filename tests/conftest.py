@@ -3,6 +3,7 @@ tracking server process whose artifacts go to it. Each starts once per test sess
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -33,7 +34,8 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
-    """Wait until `url` answers with any HTTP status."""
+    """Wait until `url` answers with a status below 500 (a 4xx is a server up and refusing;
+    a 5xx is one still starting)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -41,11 +43,27 @@ def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None 
         try:
             urllib.request.urlopen(url, timeout=2)
             return
-        except urllib.error.HTTPError:
-            return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+            time.sleep(0.3)
         except OSError:
             time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+@contextlib.contextmanager
+def cpu_load(processes: int = 2) -> Iterator[None]:
+    """Busy processes keeping every core loaded, as a machine running other work is."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)
+    ]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def stop(process: subprocess.Popen) -> None:

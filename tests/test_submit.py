@@ -4,29 +4,31 @@ wrong token is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, free_port, wait_http
+from .conftest import REPO, cpu_load, free_port, wait_http
 
 LQG = str(REPO / "jobs" / "randomist" / "lqg.yaml")
 
 
-@pytest.fixture(scope="module")
-def token_cluster(tmp_path_factory):
-    """A one-node Ray cluster with RAY_AUTH_MODE=token; yields (dashboard URL, token, env)."""
-    home = tmp_path_factory.mktemp("ray-home")  # keeps the test away from ~/.ray
+@contextlib.contextmanager
+def token_cluster_at(home: Path) -> Iterator[tuple[str, str, dict]]:
+    """A one-node Ray cluster with RAY_AUTH_MODE=token, up once its GCS answers (its job agent
+    may come later); yields (dashboard URL, token, env)."""
     token = secrets.token_hex(32)
     env = {
         **os.environ,
-        "HOME": str(home),
+        "HOME": str(home),  # keeps the test away from ~/.ray
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
     }
@@ -43,6 +45,13 @@ def token_cluster(tmp_path_factory):
             "--num-cpus=2",
             f"--port={free_port()}",
             f"--dashboard-port={dashboard}",
+            # Ports of their own, so that another cluster on this machine cannot hold them
+            # (an agent that cannot bind its port never takes jobs).
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             "--include-dashboard=true",
             "--disable-usage-stats",
         ],
@@ -62,6 +71,40 @@ def token_cluster(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+# A no-op job submitted through `maestro submit`'s waiting call, followed to its end.
+NO_OP_JOB = """
+import sys, time
+from ray.job_submission import JobSubmissionClient
+from maestro.cli import submit_when_agent_ready
+client = JobSubmissionClient(sys.argv[1])
+job_id = submit_when_agent_ready(client, entrypoint="true")
+while not client.get_job_status(job_id).is_terminal():
+    time.sleep(0.5)
+print(client.get_job_status(job_id).value)
+"""
+
+
+def wait_for_job_agent(address: str, env: dict) -> None:
+    """Wait for the head's job agent as `maestro submit` does (in a process of its own, as
+    Ray reads the auth settings once per process)."""
+    done = subprocess.run(
+        [sys.executable, "-c", NO_OP_JOB, address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.stdout.strip().endswith("SUCCEEDED"), done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    """A token-auth cluster whose job agent is ready; yields (dashboard URL, token, env)."""
+    with token_cluster_at(tmp_path_factory.mktemp("ray-home")) as (address, token, env):
+        wait_for_job_agent(address, env)
+        yield address, token, env
 
 
 def submit(env: dict, address: str, *extra: str) -> subprocess.CompletedProcess:
@@ -106,6 +149,20 @@ def test_submitted_job_runs_streams_logs_and_returns_its_status(token_cluster, t
     assert state["status"] == "FINISHED"
     assert state["spec"]["config"]["rounds"] == 300
     assert env["RAY_AUTH_TOKEN"] not in out + done.stderr
+
+
+def test_submit_to_a_just_started_cluster_on_a_loaded_machine_waits_for_the_job_agent(
+    tmp_path,
+):
+    # Both cores busy while the head starts and the job is submitted straight after its GCS
+    # answers: the job agent comes up late, and `maestro submit` waits for it.
+    with cpu_load(2), token_cluster_at(tmp_path / "home") as (address, _, env):
+        env = {**env, "MAESTRO_STORE": str(tmp_path / "store")}
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlruns.db"
+        done = submit(env, address, "--set", "config.rounds=50", "--set", "config.num_seeds=1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "SUCCEEDED" in done.stdout
+    assert "No available agent" not in done.stdout + done.stderr
 
 
 def test_failing_job_returns_nonzero(token_cluster):
