@@ -12,9 +12,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from maestro.report import aggregate_curves, make_report, mean_band, write_report
+from maestro import report as report_module
+from maestro.report import aggregate_curves, make_report, mean_band, render_html, write_report
 from maestro.spec import load_spec
 from maestro.sweep import run_sweep
 
@@ -71,6 +73,23 @@ def test_mean_and_band_by_hand():
     assert count.tolist() == [2, 1]
     assert half[0] == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
     assert half[1] == 0.0
+
+
+def test_step_labels_and_smoothing_by_hand():
+    from maestro.methods.randomist import plot_regret
+    from maestro.tracking import format_steps, smooth
+
+    values = [0, 5, 950, 1000, 1500, 12345, 100_000, 999_999, 1_500_000, 2e9, 0.25]
+    labels = ["0", "5", "950", "1k", "1.5k", "12.3k", "100k", "1M", "1.5M", "2B", "0.25"]
+    assert [format_steps(v) for v in values] == labels
+    # A centred moving average whose window shrinks at the ends.
+    assert smooth([0.0, 0.0, 3.0, 0.0, 0.0], window=3).tolist() == [0, 1, 1, 1, 0]
+    assert smooth([4.0, 2.0], window=3).tolist() == [3, 3]
+    assert smooth(list(range(30))).tolist() == pytest.approx([0.5, *range(1, 29), 28.5])
+    # The training plots use them: 2000 rounds read as 2k.
+    figure = plot_regret({"ucb1": np.ones((3, 2000)).cumsum(axis=1)})
+    formatter = figure.axes[0].xaxis.get_major_formatter()
+    assert formatter(2000, 0) == "2k" and formatter(150_000, 0) == "150k"
 
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
@@ -197,6 +216,14 @@ def test_experiment_report_compares_methods_over_seeds(tmp_path, monkeypatch):
     run = MlflowClient().get_run(report.log_run_id)
     assert run.data.tags["maestro.kind"] == "report"
     assert make_report(experiment="compare", metric="loss").summary == report.summary
+
+    # The table lists every run here; cut, it says so.
+    assert report.table_note == "" and "showing" not in path.read_text()
+    monkeypatch.setattr(report_module, "MAX_TABLE_ROWS", 4)
+    cut = make_report(experiment="compare", metric="loss", mode="min")
+    assert len(cut.table_rows) == 4
+    assert cut.table_note == "showing the 4 best of 6 runs (by loss)"
+    assert '<p class="meta">showing the 4 best of 6 runs (by loss)</p>' in render_html(cut)
 
 
 def test_report_errors_name_what_is_missing(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,8 @@
 """End to end through real servers: `maestro run` of the RANDOMIST smoke spec against an
 MLflow server process (artifacts on S3) with the Maestro store on S3, read back through the
-MLflow client and boto3; then a run killed mid-way and resumed."""
+MLflow client and boto3; then a run killed mid-way and resumed. Then, on sqlite: where
+artifacts go, the experiments' kind tag, the reward model as a logged model, and the lines
+that end `maestro run` and `maestro sweep`."""
 
 from __future__ import annotations
 
@@ -11,13 +13,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from maestro.tracking import Tracker, browse_hint, sqlite_artifacts
+
 from .conftest import REPO, S3_SECRET
 
 LQG = str(REPO / "jobs" / "randomist" / "lqg.yaml")
+SWEEP = str(REPO / "jobs" / "randomist" / "sweep.yaml")
 
 
 def maestro_env(s3_server, mlflow_server, store_prefix: str) -> dict[str, str]:
@@ -77,6 +83,11 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
     assert tags["mlflow.source.git.commit"]
     assert tags["maestro.version.ray"] == "2.60.0"
     assert tags["maestro.store"].startswith(f"s3://{s3_server.bucket}/smoke-store/runs/")
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The run ends by saying where to look: the run's page on the server.
+    url = f"{mlflow_server.url}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    assert f"  browse:           {url}" in done.stdout.splitlines()
 
     # Curves with a real step (the round), 2000 / 50 = 40 points per algorithm.
     history = client.get_metric_history(run.info.run_id, "regret/ucb1")
@@ -166,3 +177,135 @@ def test_killed_run_resumes_into_the_same_mlflow_run(s3_server, mlflow_server):
     assert len(runs) == 1  # resumed, not duplicated
     assert runs[0].info.status == "FINISHED"
     assert len(mlflow.get_metric_history(runs[0].info.run_id, "regret/randomist")) == 60
+
+
+def test_sqlite_artifacts_go_beside_the_database_and_experiments_open_on_runs(
+    tmp_path, monkeypatch
+):
+    database = tmp_path / "tracking" / "mlruns.db"
+    database.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker.start("located", "run", {"a": 1}, {})
+    tracker.log_bytes(b"hello", "notes/hello.txt")
+    tracker.end()
+    stored = list((database.parent / "mlartifacts").rglob("hello.txt"))
+    assert [path.read_bytes() for path in stored] == [b"hello"]
+    assert not (tmp_path / "mlruns").exists()  # MLflow's own default, in the working folder
+
+    client = MlflowClient(f"sqlite:///{database}")
+    kind = client.get_experiment_by_name("located").tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
+    # An experiment made without the tag gets it when Maestro next logs to it.
+    client.create_experiment("made-by-hand")
+    Tracker.start("made-by-hand", "run", {}, {}).end()
+    kind = client.get_experiment_by_name("made-by-hand").tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
+
+    # The default (relative) database puts them in ./mlartifacts.
+    assert sqlite_artifacts("sqlite:///mlruns.db") == (tmp_path / "mlartifacts").as_uri()
+    assert sqlite_artifacts("sqlite:////srv/db/x.db?timeout=5") == "file:///srv/db/mlartifacts"
+    assert sqlite_artifacts("http://mlflow:5000") is None
+
+
+def test_browse_hint_is_the_runs_url_or_the_mlflow_ui_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        browse_hint("https://alice:s3cret@mlflow.example.com:5000/", "7", "abc")
+        == "https://mlflow.example.com:5000/#/experiments/7/runs/abc"
+    )
+    # A relative database path is made absolute: the command works from any folder.
+    assert (
+        browse_hint("sqlite:///mlruns.db", "1", "abc")
+        == f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlruns.db'}"
+    )
+    assert (
+        browse_hint("postgresql://bob:pw@db:5432/mlflow", "1", "abc")
+        == "mlflow ui --backend-store-uri postgresql://db:5432/mlflow"
+    )
+
+
+def printed(output: str) -> dict[str, str]:
+    """`label: value` lines of a command's output."""
+    return {
+        label.strip(): value.strip()
+        for label, _, value in (line.partition(":") for line in output.splitlines()[1:])
+    }
+
+
+def test_run_and_sweep_end_with_where_to_browse(tmp_path, monkeypatch, capsys):
+    from maestro import cli, run
+    from maestro.sweep import SweepResult
+
+    database = tmp_path / "mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    monkeypatch.setenv("MAESTRO_STORE", str(tmp_path / "store"))
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker.start("randomist", "lqg", {}, {})
+    tracker.end()
+    run_id = tracker.run_id
+
+    # What ran is not the point: the lines after it are.
+    result = run.RunResult("lqg", "runs/randomist/lqg", run_id, {"final_regret/ucb1": 1.5})
+    monkeypatch.setattr(run, "run_experiment", lambda spec: result)
+    assert cli.main(["run", LQG, "--preset", "smoke"]) == 0
+    lines = printed(capsys.readouterr().out)
+    assert lines["mlflow run id"] == run_id
+    assert lines["tracking uri"] == f"sqlite:///{database}"
+    assert lines["browse"] == f"mlflow ui --backend-store-uri sqlite:///{database}"
+    assert lines["mlflow artifacts"] == f"{(tmp_path / 'mlartifacts').as_uri()}/{run_id}/artifacts"
+    assert lines["store"] == (tmp_path / "store" / "runs" / "randomist" / "lqg").as_uri()
+    assert lines["final_regret/ucb1"] == "1.5"
+
+    swept = SweepResult("lqg-sweep", run_id, str(tmp_path / "store" / "tune"))
+    monkeypatch.setattr(cli, "run_sweep", lambda spec, resume: swept)
+    assert cli.main(["sweep", SWEEP, "--preset", "smoke"]) == 0
+    lines = printed(capsys.readouterr().out)
+    assert lines["browse"] == f"mlflow ui --backend-store-uri sqlite:///{database}"
+    assert lines["mlflow artifacts"].startswith((tmp_path / "mlartifacts").as_uri())
+
+    # With tracking off there is nothing to browse, and it says so.
+    monkeypatch.setattr(
+        run,
+        "run_experiment",
+        lambda spec: SimpleNamespace(**{**vars(result), "mlflow_run_id": None}),
+    )
+    assert cli.main(["run", LQG, "--preset", "smoke"]) == 0
+    assert printed(capsys.readouterr().out)["mlflow"] == "tracking off"
+
+
+def test_motif_reward_model_is_a_logged_model_of_its_run(tmp_path, monkeypatch):
+    import mlflow.pyfunc
+    import torch
+
+    from maestro.methods.motif import log_reward_model
+    from maestro.reward.model import (
+        CaptionRewardNet,
+        Normalisation,
+        RewardModel,
+        RewardModelConfig,
+    )
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    net = CaptionRewardNet(RewardModelConfig(buckets=256, embedding_dim=8, hidden=8))
+    model = RewardModel(net, Normalisation(mean=0.1, std=2.0, threshold=0.5))
+    tracker = Tracker.start("motif", "reward", {}, {})
+    log_reward_model(SimpleNamespace(tracker=tracker), model)
+    tracker.end()
+
+    client = MlflowClient()
+    run = client.get_run(tracker.run_id)
+    (logged,) = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert (logged.name, str(logged.status)) == ("reward_model", "READY")
+    assert [output.model_id for output in run.outputs.model_outputs] == [logged.model_id]
+
+    # It loads back with unpickling forbidden, and scores captions as the learner does.
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    loaded = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    captions = ["You kill the newt!", "It's solid stone.", ""]
+    assert loaded.predict(captions) == pytest.approx(model.normalised(captions).tolist())
+    assert loaded.metadata.metadata["normalisation"]["threshold"] == 0.5

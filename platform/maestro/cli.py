@@ -16,6 +16,7 @@ import asyncio
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from maestro.report import ReportError, make_report, write_report
@@ -23,6 +24,8 @@ from maestro.runtime import RuntimeSetupError
 from maestro.spec import SpecError, load_spec
 from maestro.sweep import SweepStateError, load_sweep, run_sweep
 
+# How long `maestro submit` waits for a just-started head node's job agent.
+JOB_AGENT_WAIT_S = 180.0
 # Forwarded to submitted jobs: where to track and store. Never credentials; those live on
 # the cluster (environment, files or instance roles), see docs/operations.md.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MAESTRO_STORE")
@@ -166,13 +169,26 @@ def command_run(args: argparse.Namespace) -> int:
     result = run_experiment(spec)
     state = "already finished" if result.already_finished else "finished"
     print(f"run {result.run_name}: {state}")
-    print(f"  mlflow run id: {result.mlflow_run_id}")
+    print(f"  {'mlflow run id:':<18}{result.mlflow_run_id}")
     from maestro.store import open_store
 
-    print(f"  artifacts:     {open_store(spec.store.uri).uri(result.prefix)}")
+    print_location(result.mlflow_run_id, open_store(spec.store.uri).uri(result.prefix))
     for key, value in sorted(result.summary.items()):
         print(f"  {key}: {value:.4g}")
     return 0
+
+
+def print_location(run_id: str | None, store_uri: str | None = None) -> None:
+    """Where results are: MLflow (the tracking URI, how to browse run `run_id`, its MLflow
+    artifacts) and, given, the run's folder in the Maestro store (datasets, models,
+    checkpoints)."""
+    from maestro.tracking import run_location
+
+    lines = run_location(run_id) if run_id else {"mlflow": "tracking off"}
+    if store_uri:
+        lines["store"] = store_uri
+    for label, value in lines.items():
+        print(f"  {label + ':':<18}{value}")
 
 
 def command_sweep(args: argparse.Namespace) -> int:
@@ -187,6 +203,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {result.name}: {state}")
     print(f"  mlflow parent run id: {result.parent_run_id}")
     print(f"  tune experiment:      {result.tune_path}")
+    print_location(result.parent_run_id)
     stopped = "" if result.stopped_early is None else f", {result.stopped_early} stopped early"
     print(f"  trials: {result.trials} ({result.errored} errored{stopped})")
     metric = spec.sweep["metric"]
@@ -291,7 +308,9 @@ def command_submit(args: argparse.Namespace) -> int:
         raise RuntimeSetupError(f"the cluster at {args.address} refused us: {first}") from None
     except ConnectionError as exc:
         raise RuntimeSetupError(f"cannot reach the cluster at {args.address}: {exc}") from None
-    job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env)
+    job_id = submit_when_agent_ready(
+        client, entrypoint=shlex.join(entrypoint), runtime_env=runtime_env
+    )
     print(f"submitted job {job_id} to {args.address}: {shlex.join(entrypoint)}", flush=True)
     if args.no_wait:
         return 0
@@ -311,6 +330,33 @@ def command_submit(args: argparse.Namespace) -> int:
         return 0
     code = getattr(info, "driver_exit_code", None)
     return code if isinstance(code, int) and code > 0 else 1
+
+
+def submit_when_agent_ready(client, wait_s: float = JOB_AGENT_WAIT_S, **job) -> str:
+    """`client.submit_job(**job)`, waiting up to `wait_s` while the cluster answers that its
+    job agent is not ready (a head node that has just started does so for a while; nothing
+    is submitted by such an answer, so asking again cannot duplicate the job)."""
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise RuntimeSetupError(
+                    f"the cluster's job agent was not ready after {wait_s:.0f}s: is the "
+                    "dashboard agent running on the head node? (`ray status` there)"
+                ) from None
+            if not waiting:
+                print(
+                    f"the cluster's job agent is not ready yet; waiting up to {wait_s:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                waiting = True
+            time.sleep(1.0)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,18 @@ from typing import Any
 import numpy as np
 
 from maestro.sweep import search_runs
-from maestro.tracking import Tracker, ensure_experiment, figure_png, redact_uri, tracking_uri
+from maestro.tracking import (
+    Tracker,
+    ensure_experiment,
+    figure_png,
+    plot_noisy,
+    redact_uri,
+    step_axis,
+    tracking_uri,
+)
 
 MAX_CURVES = 10  # settings drawn in a curve plot: more lines are unreadable
+MAX_TABLE_ROWS = 20  # runs listed in the table, the best first
 FETCH_THREADS = 8  # concurrent metric-history requests
 # Counters that Tune adds to every trial: not worth a plot of their own.
 BOOKKEEPING_METRICS = ("training_iteration", "time_total_s")
@@ -85,6 +94,7 @@ class Report:
     table_head: list[str]
     table_rows: list[list[str]]
     log_run_id: str | None = None  # None: an experiment report gets a run of its own
+    table_note: str = ""  # e.g. that the table shows only the best runs
 
 
 # ---------------------------------------------------------------- reading MLflow
@@ -243,7 +253,7 @@ def curves_figure(
     for index, label in enumerate(shown):
         curves = [run.curve for run in groups[label] if run.curve]
         plot_band(axis, curves, plt.get_cmap("tab10")(index % 10), f"{label} (n={len(curves)})")
-    axis.set_xlabel(x_label)
+    step_axis(axis, x_label)
     axis.set_ylabel(metric)
     cut = f" ({len(shown)} best of {len(groups)})" if len(groups) > len(shown) else ""
     axis.set_title(f"{metric}: mean and 95% band over {seeds_word}{cut}")
@@ -372,7 +382,7 @@ def comparison_figure(
     bars.set_ylabel(f"final {metric}")
     bars.set_title(f"best setting per {short_key(compare)}")
     bars.grid(alpha=0.3, axis="y")
-    lines.set_xlabel(x_label)
+    step_axis(lines, x_label)
     lines.set_ylabel(metric)
     lines.set_title("their learning curves (95% band)")
     lines.grid(alpha=0.3)
@@ -406,19 +416,24 @@ def run_metric_figures(mlflow: Any, run: RunData) -> list[Figure]:
         figure, axis = plt.subplots(figsize=(7.5, 4.4))
         for key, history in histories.items():
             steps, values = history[:, 0], history[:, 1]
-            (line,) = axis.plot(steps, values, label=key)
             band_key = key.replace(f"{family}/", f"{family}_band/", 1)
-            if band_key != key and band_key in run.metrics:
-                band = dict(tracker.metric_history(band_key))
-                half = np.array([band.get(s, 0.0) for s in steps])
-                colour = line.get_color()
-                axis.fill_between(steps, values - half, values + half, color=colour, alpha=0.18)
-        axis.set_xlabel("step")
+            if band_key == key or band_key not in run.metrics:
+                plot_noisy(axis, steps, values, label=key)  # one run's values: noisy
+                continue
+            (line,) = axis.plot(steps, values, label=key)
+            band = dict(tracker.metric_history(band_key))
+            half = np.array([band.get(s, 0.0) for s in steps])
+            colour = line.get_color()
+            axis.fill_between(steps, values - half, values + half, color=colour, alpha=0.18)
+        step_axis(axis, "step")
         axis.set_ylabel(family)
         axis.set_title(f"{family} ({run.name})")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-        caption = f"{family} as logged by the run; shaded: the logged 95% band, where there is one."
+        caption = (
+            f"{family} as logged by the run; shaded: the logged 95% band, where there is one; "
+            "elsewhere the logged values are the faint points, the line their moving average."
+        )
         figures.append(Figure(slug(family), family, caption, render(figure)))
     return figures
 
@@ -485,10 +500,10 @@ def sweep_report(
         figures.append(comparison_figure(groups, compare, metric, mode, x_label))
 
     ranked = best_first([(run, run.metrics[metric]) for run in scored], mode)
-    rows = [  # the 20 best trials
+    rows = [
         [str(rank), run.name.rsplit("/", 1)[-1], *[show(run.params.get(k)) for k in varied]]
         + [str(len(run.curve)), f"{score:.6g}", run.outcome]
-        for rank, (run, score) in enumerate(ranked[:20], 1)
+        for rank, (run, score) in enumerate(ranked[:MAX_TABLE_ROWS], 1)
     ]
     outcomes = defaultdict(int)
     for run in runs:
@@ -510,6 +525,7 @@ def sweep_report(
         table_head=["rank", "trial", *map(short_key, varied), "steps", metric, "outcome"],
         table_rows=rows,
         log_run_id=parent.info.run_id,
+        table_note=subset_note(len(rows), len(ranked), "trials", metric),
     )
 
 
@@ -542,9 +558,9 @@ def experiment_report(
         comparison_figure(groups, compare, metric, mode, "step"),
     ]
     ranked = best_first([(run, run.metrics[metric]) for run in scored], mode)
-    rows = [  # the 20 best runs
+    rows = [
         [str(rank), run.name, compare_value(run, compare), f"{score:.6g}", run.outcome]
-        for rank, (run, score) in enumerate(ranked[:20], 1)
+        for rank, (run, score) in enumerate(ranked[:MAX_TABLE_ROWS], 1)
     ]
     summary = [
         ("experiment", name),
@@ -553,7 +569,16 @@ def experiment_report(
         (f"best {metric}", f"{ranked[0][1]:.6g} ({ranked[0][0].name})"),
     ]
     head = ["rank", "run", short_key(compare), metric, "outcome"]
-    return Report(f"Experiment {name}", "experiment", figures, summary, head, rows)
+    note = subset_note(len(rows), len(ranked), "runs", metric)
+    return Report(f"Experiment {name}", "experiment", figures, summary, head, rows, None, note)
+
+
+def subset_note(shown: int, total: int, noun: str, metric: str) -> str:
+    """What the runs table holds when it is cut: "showing the 20 best of 200 runs (by
+    loss)"; nothing when it lists them all."""
+    if shown >= total:
+        return ""
+    return f"showing the {shown} best of {total} {noun} (by {metric})"
 
 
 def run_report(mlflow: Any, run: Any) -> Report:
@@ -633,7 +658,10 @@ def render_html(report: Report) -> str:
             f"<figcaption>{esc(figure.caption)}</figcaption></figure>",
         ]
     if report.table_rows:
-        parts += ["<h2>Runs</h2><table>", row(report.table_head, "th")]
+        parts.append("<h2>Runs</h2>")
+        if report.table_note:
+            parts.append(f'<p class="meta">{esc(report.table_note)}</p>')
+        parts += ["<table>", row(report.table_head, "th")]
         parts += [row(cells) for cells in report.table_rows]
         parts.append("</table>")
     parts.append("</body></html>")

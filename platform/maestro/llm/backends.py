@@ -201,6 +201,14 @@ def model_cache_dir() -> Path:
     )
 
 
+def quiet_transformers() -> None:
+    """No "Loading weights" bar per model load: in an annotator actor it only cuts into
+    the run's own annotation bar."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def resolve_model(uri: str) -> Path:
     """A local folder holding the model at `uri`: the path itself, or for `s3://` a copy of
     every object under the prefix, downloaded once into the model cache."""
@@ -242,6 +250,7 @@ class EmbeddingAnnotator(Annotator):
     def __init__(self, config: AnnotatorConfig):
         # The model is on disk; a hub lookup would only fail (or leak) without network.
         os.environ["HF_HUB_OFFLINE"] = "1"
+        quiet_transformers()
         from sentence_transformers import SentenceTransformer
 
         self.options = config.embedding
@@ -490,6 +499,7 @@ class HfAnnotator(TextAnnotator):
     def __init__(self, config: AnnotatorConfig):
         super().__init__(config)
         os.environ["HF_HUB_OFFLINE"] = "1"
+        quiet_transformers()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,4 +1,7 @@
-"""Motif: intrinsic reward from a language model's preferences on NetHack (METHODS.md §1).
+"""Motif: intrinsic reward from a language model's preferences on NetHack.
+
+Klissarov, D'Oro et al., "Motif: Intrinsic Motivation from Artificial Intelligence
+Feedback", 2023 (arXiv:2310.00166); what Maestro runs of it: `docs/methods/motif.md`.
 
 The pipeline's stages, each stored under the run's folder and skipped when already done:
 
@@ -167,25 +170,56 @@ def stage_reward(ctx, captions: list[str], preferences: PreferenceStore) -> Rewa
 
 
 def log_reward_model(ctx, model: RewardModel) -> None:
-    """The reward model as an MLflow model (torch flavour) under `reward_model/`, with its
-    normalisation and threshold as model metadata."""
+    """The reward model as an MLflow logged model of the run, named `reward_model`: a
+    pyfunc model from code (`reward/mlflow_model.py`) around the `RewardModel.to_bytes`
+    file, so nothing is pickled; `predict(captions)` gives normalised rewards. Its sizes,
+    normalisation and threshold are model metadata."""
     if not ctx.tracker.enabled:
         return
     import tempfile
     from pathlib import Path
 
-    import mlflow.pytorch
+    import mlflow.pyfunc
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import Model
 
+    import maestro.reward
+    from maestro.tracking import package_versions
+
+    # Through the run's own client, not MLflow's fluent API: that would follow MLflow's
+    # default tracking URI and end the run on leaving `start_run`.
+    client, run_id = ctx.tracker.client, ctx.tracker.run_id
+    logged = client.create_logged_model(
+        client.get_run(run_id).info.experiment_id,
+        name="reward_model",
+        source_run_id=run_id,
+        model_type="reward model",
+    )
+    versions = package_versions()
+    # Unpinned where Maestro runs from source (a Ray job's py_modules): no version known.
+    maestro_rl = (
+        f"maestro-rl=={versions['maestro-rl']}" if "maestro-rl" in versions else "maestro-rl"
+    )
     with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "model.pt"
+        weights.write_bytes(model.to_bytes())
         path = Path(tmp) / "reward_model"
-        mlflow.pytorch.save_model(
-            model.net,
+        mlflow.pyfunc.save_model(
             str(path),
+            python_model=str(Path(maestro.reward.__file__).with_name("mlflow_model.py")),
+            artifacts={"reward_model": str(weights)},
+            mlflow_model=Model(
+                artifact_path=logged.artifact_location,
+                run_id=run_id,
+                model_uuid=logged.model_id,
+                model_id=logged.model_id,
+            ),
             metadata={"normalisation": json.loads(model.describe())},
-            pip_requirements=["torch==2.13.0", "maestro-rl"],
-            serialization_format="pickle",  # the net takes captions (strings), not tensors
+            pip_requirements=[f"torch=={versions['torch'].split('+')[0]}", maestro_rl],
         )
-        ctx.tracker.client.log_artifacts(ctx.tracker.run_id, str(path), "reward_model")
+        client.log_model_artifacts(logged.model_id, str(path))
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    client.finalize_logged_model(logged.model_id, "READY")
 
 
 def stored_reward_model(store, run_folder: str) -> tuple[list[str], RewardModel]:
@@ -231,13 +265,16 @@ def stage_train(ctx, captions: list[str], model: RewardModel) -> TrainingResult:
 
 def plot_returns(ctx) -> None:
     """Intrinsic and extrinsic return, score and distinct messages per episode against env
-    steps, read back from the run (so a resumed run's plot covers all of it)."""
+    steps, read back from the run (so a resumed run's plot covers all of it): the logged
+    values faint, a smoothed line over them."""
     if not ctx.tracker.enabled:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from maestro.tracking import plot_noisy, step_axis
 
     panels = [
         ("train/intrinsic_return", "intrinsic return"),
@@ -251,9 +288,10 @@ def plot_returns(ctx) -> None:
         history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         if history:
             steps, values = zip(*history, strict=True)
-            ax.plot(steps, values)
+            plot_noisy(ax, steps, values)
         ax.set_title(title)
-        ax.set_xlabel("env steps")
+        step_axis(ax, "env steps")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     ctx.tracker.log_figure(fig, "training_returns")
     plt.close(fig)
@@ -353,5 +391,5 @@ METHOD = Method(
     pipeline=pipeline,
     trainable=trainable,
     stages=STAGES,
-    summary="Intrinsic reward from LLM preferences on NetHack (METHODS.md §1).",
+    summary="Intrinsic reward from LLM preferences on NetHack (Klissarov, D'Oro et al. 2023).",
 )

@@ -1,4 +1,7 @@
-"""RANDOMIST: policy optimisation as online learning with mediator feedback (METHODS.md §9).
+"""RANDOMIST: policy optimisation as online learning with mediator feedback.
+
+Metelli, Papini, D'Oro, Restelli, "Policy Optimization as Online Learning with Mediator
+Feedback", AAAI 2021 (arXiv:2012.08225); what Maestro runs of it: `docs/methods/randomist.md`.
 
 Arms are K Gaussian hyperpolicies nu_k = N(mu_k, sigma^2) over the gain of a linear policy
 on the 1-D LQG (`maestro.envs.lqg`). Each round the learner picks an arm, samples a gain
@@ -40,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maestro.envs.lqg import LQG1D, LQGConfig
 from maestro.methods import Method
-from maestro.tracking import figure_png
+from maestro.tracking import figure_png, step_axis
 
 Algorithm = Literal["randomist", "optimist", "ucb1", "phe", "thompson"]
 ALGORITHMS: tuple[str, ...] = ("randomist", "optimist", "ucb1", "phe", "thompson")
@@ -310,7 +313,7 @@ def plot_regret(curves: dict[str, np.ndarray]):
         half = 1.96 * runs.std(axis=0, ddof=1) / math.sqrt(len(runs)) if len(runs) > 1 else 0
         axis.plot(rounds, mean, label=algorithm)
         axis.fill_between(rounds, mean - half, mean + half, alpha=0.2)
-    axis.set_xlabel("round t")
+    step_axis(axis, "round t")
     axis.set_ylabel("cumulative regret")
     axis.set_title(f"RANDOMIST on the 1-D LQG ({len(next(iter(curves.values())))} seeds)")
     axis.legend()
@@ -367,5 +370,5 @@ METHOD = Method(
     pipeline=pipeline,
     trainable=trainable,
     stages=("curves", "aggregate"),
-    summary="Policy optimisation with mediator feedback on the 1-D LQG (METHODS.md §9).",
+    summary="Policy optimisation with mediator feedback on the 1-D LQG (Metelli et al. 2021).",
 )

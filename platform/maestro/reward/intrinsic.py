@@ -1,4 +1,4 @@
-"""Motif's intrinsic reward from a caption reward model (METHODS.md §1):
+"""Motif's intrinsic reward from a caption reward model (docs/methods/motif.md):
 
     r_int(c) = 1[r(c) >= eps] * r(c) / N_episode(c)^beta
 

@@ -35,7 +35,6 @@ import math
 import tarfile
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,7 +297,9 @@ def algorithm_config(
             min_time_s_per_iteration=config.min_iteration_seconds,
             min_sample_timesteps_per_iteration=config.min_iteration_env_steps,
         )
-        .debugging(seed=seed)
+        # No Tune CPU/GPU usage monitor: Maestro logs none of it (the dashboards read Ray's
+        # node metrics), and without GPUtil it only warns "Install gputil".
+        .debugging(seed=seed, log_sys_usage=False)
     )
 
 
@@ -448,10 +449,12 @@ def evaluate_agent(
     seed: int,
     max_episode_steps: int,
     on_step: Callable[[dict[str, np.ndarray]], None] | None = None,
+    on_episode: Callable[[EpisodeRecord], None] | None = None,
 ) -> list[EpisodeRecord]:
     """Play `episodes` fresh games of `task` (deterministic given `seed`), sampling
     actions from the policy (greedy NetHack policies loop on one action). `module` None
-    plays uniformly random actions: the baseline on the same games."""
+    plays uniformly random actions: the baseline on the same games. `on_step` sees each
+    observation, `on_episode` each finished episode's record."""
     env = EpisodeStats(make_env(task, seed=seed, max_episode_steps=max_episode_steps))
     generator = torch.Generator().manual_seed(seed)
     recurrent = module is not None and module.agent_config.use_lstm
@@ -480,6 +483,8 @@ def evaluate_agent(
                 records.append(
                     EpisodeRecord(**{name: info[f"episode_{name}"] for name in EPISODE_FIELDS})
                 )
+                if on_episode:
+                    on_episode(records[-1])
                 break
     env.close()
     return records
@@ -508,6 +513,24 @@ def learner_module(algo):
 
 
 # ---------------------------------------------------------------- loop
+
+
+def advance(bar, steps: int) -> None:
+    """Move a tqdm `bar` on by `steps`, never past its total: the last iteration samples
+    beyond `env_steps`, and a bar past its total drops its percentage and ends on a count
+    other than the total."""
+    bar.update(max(0, min(steps, bar.total - bar.n)))
+
+
+def evaluate_with_progress(
+    module, games: dict[str, Any], progress: Callable[..., Any] | None, desc: str
+) -> list[EpisodeRecord]:
+    """`evaluate_agent(module, **games)` with a bar counting episodes when `progress`
+    makes bars (an evaluation of long NetHack games otherwise looks like a hang)."""
+    if progress is None or not games["episodes"]:
+        return evaluate_agent(module, **games)
+    with progress(games["episodes"], desc, "episode") as bar:
+        return evaluate_agent(module, **games, on_episode=lambda _: bar.update(1))
 
 
 class MetricsLog(Protocol):
@@ -552,9 +575,6 @@ def train_agent(
     (`maestro.runtime.init_ray`)."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    # RLlib checks episode steps against the observation space with values gymnasium must
-    # cast first, and gymnasium warns about it every iteration: noise in the run's log.
-    warnings.filterwarnings("ignore", message=".*Casting input x to numpy array")
     settings = None
     if reward_model is not None:
         intrinsic = intrinsic or IntrinsicRewardConfig()
@@ -578,7 +598,7 @@ def train_agent(
             tracker.log_metrics({"train/resumed_at_env_steps": resumed_from}, state.env_steps)
         bar = progress(config.env_steps, "train", "step") if progress else None
         if bar is not None:
-            bar.update(state.env_steps)
+            advance(bar, state.env_steps)
         checkpoint = f"{prefix}/{CHECKPOINT}"
         while state.env_steps < config.env_steps:
             start = time.perf_counter()
@@ -600,7 +620,7 @@ def train_agent(
                     extrinsic_return=metrics.get("train/extrinsic_return"),
                 )
                 if bar is not None:
-                    bar.update(steps)
+                    advance(bar, steps)
             if state.iterations % config.checkpoint_every == 0:
                 save_checkpoint(algo, store, prefix, state)
                 tracker.flush()
@@ -613,10 +633,11 @@ def train_agent(
             "seed": seed + EVAL_SEED_OFFSET,
             "max_episode_steps": config.eval_max_episode_steps or config.max_episode_steps,
         }
-        records = evaluate_agent(learner_module(algo), **games)
+        records = evaluate_with_progress(learner_module(algo), games, progress, "evaluate agent")
         figures = eval_metrics(records, task)
         # The same games played by uniformly random actions: what the agent learned beyond chance.
-        baseline = eval_metrics(evaluate_agent(None, **games), task, prefix="eval_random")
+        random_play = evaluate_with_progress(None, games, progress, "evaluate random play")
+        baseline = eval_metrics(random_play, task, prefix="eval_random")
         figures.update(baseline)
         tracker.log_metrics(figures, step=state.env_steps, flush=True)
         return TrainingResult(
