@@ -49,3 +49,28 @@ def test_doctor_reports_installed_and_reachable_parts(workdir, s3_env, mlflow_se
     bad = maestro("doctor", env=broken, cwd=workdir)
     assert bad.returncode == 1
     assert any(line.startswith("BAD mlflow") for line in bad.stdout.splitlines())
+
+
+def test_a_changed_spec_under_a_fixed_run_name_is_refused_and_new_run_starts_afresh(workdir):
+    lqg = str(REPO / "jobs" / "randomist" / "lqg.yaml")
+    tiny = ["--set", "tracking.run_name=fixed", "--set", "config.num_seeds=1"]
+    tiny += ["--set", "config.algorithms=[randomist, ucb1]", "--set", "claims=[]"]
+    first = maestro("run", lqg, *tiny, "--set", "config.rounds=100", cwd=workdir)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_folder = workdir / "maestro-store" / "runs" / "randomist"
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    database = (workdir / "mlruns.db").read_bytes()
+
+    changed = maestro("run", lqg, *tiny, "--set", "config.rounds=120", cwd=workdir)
+    assert changed.returncode == 2
+    (line,) = changed.stderr.strip().splitlines()
+    assert "config.rounds (100 -> 120)" in line and "--new-run" in line
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+    assert (workdir / "mlruns.db").read_bytes() == database  # nothing written
+
+    fresh = maestro("run", lqg, *tiny, "--set", "config.rounds=120", "--new-run", cwd=workdir)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert "run fixed-2: finished" in fresh.stdout
+    assert sorted(p.name for p in run_folder.iterdir()) == ["fixed", "fixed-2"]
+    again = maestro("run", lqg, *tiny, "--set", "config.rounds=100", cwd=workdir)
+    assert "run fixed: already finished" in again.stdout

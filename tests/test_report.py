@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from maestro import report as report_module
-from maestro.report import aggregate_curves, make_report, mean_band, render_html, write_report
+from maestro.report import (
+    aggregate_curves,
+    make_report,
+    mean_band,
+    rank_by_progress,
+    render_html,
+    write_report,
+)
 from maestro.spec import load_spec
 from maestro.sweep import run_sweep
 
@@ -73,6 +80,20 @@ def test_mean_and_band_by_hand():
     assert count.tolist() == [2, 1]
     assert half[0] == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
     assert half[1] == 0.0
+    # Runs logged at different steps meet on a common grid, each interpolated between its
+    # own steps and counted only within them.
+    steps, mean, _, count = aggregate_curves([[(0, 0.0), (10, 10.0)], [(5, 1.0), (15, 3.0)]])
+    assert steps.tolist() == [0, 5, 10, 15]
+    assert mean.tolist() == [0.0, 3.0, 6.0, 3.0]  # at 10: (10 + 2) / 2
+    assert count.tolist() == [1, 2, 2, 1]
+
+
+def test_runs_that_went_further_rank_first_then_by_their_score():
+    # A trial stopped at step 500 has less cumulative regret than one that ran to 2000.
+    items = [("stopped", 500, 10.0), ("finished", 2000, 40.0), ("better", 2000, 30.0)]
+    assert rank_by_progress(items, "min") == ["better", "finished", "stopped"]
+    items.append(("nan", 2000, math.nan))
+    assert rank_by_progress(items, "max") == ["finished", "better", "nan", "stopped"]
 
 
 def test_step_labels_and_smoothing_by_hand():

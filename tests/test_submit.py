@@ -136,7 +136,7 @@ def test_submitted_job_runs_streams_logs_and_returns_its_status(token_cluster, t
         "--set",
         "config.num_seeds=2",
         "--set",
-        "config.algorithms=[optimist, ucb1]",
+        "config.algorithms=[randomist, ucb1]",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout

@@ -247,7 +247,7 @@ def test_run_and_sweep_end_with_where_to_browse(tmp_path, monkeypatch, capsys):
 
     # What ran is not the point: the lines after it are.
     result = run.RunResult("lqg", "runs/randomist/lqg", run_id, {"final_regret/ucb1": 1.5})
-    monkeypatch.setattr(run, "run_experiment", lambda spec: result)
+    monkeypatch.setattr(run, "run_experiment", lambda spec, new_run: result)
     assert cli.main(["run", LQG, "--preset", "smoke"]) == 0
     lines = printed(capsys.readouterr().out)
     assert lines["mlflow run id"] == run_id
@@ -268,7 +268,7 @@ def test_run_and_sweep_end_with_where_to_browse(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         run,
         "run_experiment",
-        lambda spec: SimpleNamespace(**{**vars(result), "mlflow_run_id": None}),
+        lambda spec, new_run: SimpleNamespace(**{**vars(result), "mlflow_run_id": None}),
     )
     assert cli.main(["run", LQG, "--preset", "smoke"]) == 0
     assert printed(capsys.readouterr().out)["mlflow"] == "tracking off"

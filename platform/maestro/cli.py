@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run; a finished one is reported, not repeated.",
     )
     add_spec_args(run)
+    run.add_argument(
+        "--new-run",
+        action="store_true",
+        help="start a fresh run even if this spec's run exists (named <name>-2, -3, ...)",
+    )
 
     submit = commands.add_parser(
         "submit",
@@ -166,7 +171,7 @@ def command_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
     from maestro.run import run_experiment
 
-    result = run_experiment(spec)
+    result = run_experiment(spec, new_run=args.new_run)
     state = "already finished" if result.already_finished else "finished"
     print(f"run {result.run_name}: {state}")
     print(f"  {'mlflow run id:':<18}{result.mlflow_run_id}")
@@ -175,6 +180,8 @@ def command_run(args: argparse.Namespace) -> int:
     print_location(result.mlflow_run_id, open_store(spec.store.uri).uri(result.prefix))
     for key, value in sorted(result.summary.items()):
         print(f"  {key}: {value:.4g}")
+    for line in result.claims:
+        print(f"  claim {line}")
     return 0
 
 
@@ -232,6 +239,8 @@ def command_report(args: argparse.Namespace) -> int:
     print(f"report: {path.resolve()}")
     if report.log_run_id and not args.no_log:
         print(f"  logged to MLflow run {report.log_run_id} under report/")
+    for cells in report.claim_rows:
+        print(f"  claim {cells[0]}: {cells[-1]} (difference {cells[-2]})")
     for figure in report.figures:
         print(f"  figure: {figure.title}")
     return 0

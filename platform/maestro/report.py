@@ -5,8 +5,9 @@
   hyperparameter; parallel coordinates of every trial; and the best setting of each value
   of one categorical hyperparameter (the method or algorithm), compared.
 - An experiment: the same curves and comparison, grouped by method (or `--compare`).
-- A run: each metric family's curves; `<family>_band/<key>` metrics are drawn as bands
-  around `<family>/<key>` (how pipelines log a mean and its confidence over seeds).
+- A run: the reproduction table of the paper claims it checked (`maestro.claims`), and
+  each metric family's curves; `<family>_band/<key>` metrics are drawn as bands around
+  `<family>/<key>` (how pipelines log a mean and its confidence over seeds).
 
 Each figure is a PNG logged to MLflow under `report/` (on the sweep's parent, the run, or
 a `report` run in the experiment) beside `report/index.html`; the same page is written
@@ -20,6 +21,7 @@ import html
 import json
 import math
 import re
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -95,6 +97,7 @@ class Report:
     table_rows: list[list[str]]
     log_run_id: str | None = None  # None: an experiment report gets a run of its own
     table_note: str = ""  # e.g. that the table shows only the best runs
+    claim_rows: list[list[str]] = field(default_factory=list)  # the reproduction table
 
 
 # ---------------------------------------------------------------- reading MLflow
@@ -150,16 +153,35 @@ def mean_band(values: Iterable[float]) -> tuple[float, float, int]:
 
 
 def aggregate_curves(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, ...]:
-    """Steps, mean, band half-width and count over runs, at every step any run logged
-    (a run stopped early counts until its last step)."""
-    by_step: dict[int, list[float]] = defaultdict(list)
+    """Steps, mean, band half-width and count over runs on a common step grid (every step
+    any run logged): each run's curve is interpolated linearly between its own logged
+    steps, and counts from its first to its last step (a run stopped early counts until it
+    stopped)."""
+    grid = np.array(sorted({step for curve in curves for step, _ in curve}), dtype=float)
+    on_grid = []
     for curve in curves:
-        for step, value in curve:
-            by_step[step].append(value)
-    steps = np.array(sorted(by_step))
-    stats = [mean_band(by_step[s]) for s in steps]
+        steps, values = np.array(sorted(curve), dtype=float).T
+        row = np.interp(grid, steps, values)
+        row[(grid < steps[0]) | (grid > steps[-1])] = np.nan
+        on_grid.append(row)
+    stats = [mean_band(column[~np.isnan(column)]) for column in np.array(on_grid).T]
     mean, half, count = (np.array(column) for column in zip(*stats, strict=True))
-    return steps, mean, half, count
+    return grid, mean, half, count
+
+
+def reached(runs: Iterable[RunData]) -> float:
+    """The step the runs all reached (their curves' last steps; 0 without curves)."""
+    return min((run.curve[-1][0] if run.curve else 0 for run in runs), default=0)
+
+
+def rank_by_progress(items: list[tuple[Any, float, float]], mode: str) -> list[Any]:
+    """(item, step reached, score) best first by a scheduler's rule: an item that went
+    further first (a scheduler stopped the others at a lower rung, and a stopped trial's
+    metric, cumulative regret say, is not comparable with a finished one's); among those
+    that reached the same step, by the score there (NaN last)."""
+    sign = -1.0 if mode == "max" else 1.0
+    ordered = sorted(items, key=lambda i: (-i[1], math.isnan(i[2]), sign * i[2]))
+    return [item for item, _, _ in ordered]
 
 
 def best_first(items: list[tuple[Any, float]], mode: str) -> list[tuple[Any, float]]:
@@ -245,10 +267,10 @@ def curves_figure(
     """Mean and 95% band of the metric's curve for each group, the best groups."""
     plt = pyplot()
     finals = [
-        (label, mean_band(run.curve[-1][1] for run in runs if run.curve)[0])
+        (label, reached(runs), mean_band(run.curve[-1][1] for run in runs if run.curve)[0])
         for label, runs in groups.items()
     ]
-    shown = [label for label, _ in best_first(finals, mode)[:MAX_CURVES]]
+    shown = rank_by_progress(finals, mode)[:MAX_CURVES]
     figure, axis = plt.subplots(figsize=(8, 4.8))
     for index, label in enumerate(shown):
         curves = [run.curve for run in groups[label] if run.curve]
@@ -261,7 +283,8 @@ def curves_figure(
     axis.legend(fontsize=7)
     caption = (
         f"Learning curves of {metric}, averaged over {seeds_word}; the band is the 95% normal "
-        f"confidence interval of the mean. Ordered by final {metric} "
+        f"confidence interval of the mean. Ordered by the step reached (a scheduler stops "
+        f"the worse settings early), then by final {metric} "
         f"({'higher' if mode == 'max' else 'lower'} is better)."
     )
     return Figure("curves", f"Learning curves ({metric})", caption, render(figure))
@@ -499,7 +522,10 @@ def sweep_report(
         groups = comparison_groups(scored, compare, settings)
         figures.append(comparison_figure(groups, compare, metric, mode, x_label))
 
-    ranked = best_first([(run, run.metrics[metric]) for run in scored], mode)
+    ranked = [
+        (run, run.metrics[metric])
+        for run in rank_by_progress([(r, reached([r]), r.metrics[metric]) for r in scored], mode)
+    ]
     rows = [
         [str(rank), run.name.rsplit("/", 1)[-1], *[show(run.params.get(k)) for k in varied]]
         + [str(len(run.curve)), f"{score:.6g}", run.outcome]
@@ -525,7 +551,7 @@ def sweep_report(
         table_head=["rank", "trial", *map(short_key, varied), "steps", metric, "outcome"],
         table_rows=rows,
         log_run_id=parent.info.run_id,
-        table_note=subset_note(len(rows), len(ranked), "trials", metric),
+        table_note=subset_note(len(rows), len(ranked), "trials", f"steps, then {metric}"),
     )
 
 
@@ -581,8 +607,36 @@ def subset_note(shown: int, total: int, noun: str, metric: str) -> str:
     return f"showing the {shown} best of {total} {noun} (by {metric})"
 
 
+CLAIM_HEAD = ["claim", "statistic", "winner", "loser", "difference (> 0: as claimed)", "verdict"]
+
+
+def claim_rows(mlflow: Any, run: Any) -> list[list[str]]:
+    """The reproduction table of a run that checked paper claims (its `claims.json`, see
+    `maestro.claims`): each statistic with its 95% interval, and the verdict."""
+    if not any(key.startswith("maestro.claim.") for key in run.data.tags):
+        return []
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.download_artifacts(run.info.run_id, "claims.json", folder)
+        results = json.loads(Path(path).read_text())
+
+    def interval(estimate: dict[str, float]) -> str:
+        return f"{estimate['value']:.4g} [{estimate['low']:.4g}, {estimate['high']:.4g}]"
+
+    return [
+        [
+            r["name"],
+            f"{r['statistic']} of {r['metric']} over seeds ({r['better']} is better)",
+            f"{r['winner']}: {interval(r['winner_estimate'])}",
+            f"{r['loser']}: {interval(r['loser_estimate'])}",
+            interval(r["difference"]),
+            r["verdict"],
+        ]
+        for r in results
+    ]
+
+
 def run_report(mlflow: Any, run: Any) -> Report:
-    """The report of a single run: its metric curves and last values."""
+    """The report of a single run: its paper claims, metric curves and last values."""
     data = run_data(run)
     return Report(
         title=f"Run {data.name}",
@@ -592,6 +646,7 @@ def run_report(mlflow: Any, run: Any) -> Report:
         table_head=["metric (last value)", "value"],
         table_rows=[[key, f"{value:.6g}"] for key, value in sorted(data.metrics.items())],
         log_run_id=data.run_id,
+        claim_rows=claim_rows(mlflow, run),
     )
 
 
@@ -650,6 +705,10 @@ def render_html(report: Report) -> str:
         *[f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in report.summary],
         "</table>",
     ]
+    if report.claim_rows:
+        parts += ["<h2>Paper claims</h2>", "<table>", row(CLAIM_HEAD, "th")]
+        parts += [row(cells) for cells in report.claim_rows]
+        parts.append("</table>")
     for figure in report.figures:
         data = base64.b64encode(figure.png).decode()
         parts += [

@@ -9,6 +9,7 @@ A spec file looks like::
     tracking: {...}          # TrackingSpec
     store: {...}             # StoreSpec
     sweep: {...}             # optional, read by `maestro sweep`
+    claims: [...]            # optional, the paper's claims checked over seeds (claims.py)
     presets:                 # optional named overlays, chosen with --preset
       smoke: {config: {...}}
       full: {config: {...}}
@@ -28,6 +29,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from maestro.claims import Claim
 
 
 class SpecError(ValueError):
@@ -76,6 +79,7 @@ class ExperimentSpec(StrictModel):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     store: StoreSpec = Field(default_factory=StoreSpec)
     sweep: dict[str, Any] | None = None
+    claims: list[Claim] = Field(default_factory=list)
     # Provenance, filled by load_spec: not part of the experiment's identity.
     source: str = ""
     preset: str | None = None
@@ -100,7 +104,7 @@ class ExperimentSpec(StrictModel):
         return "-".join(parts)
 
 
-COMMON_KEYS = {"method", "seed", "config", "resources", "tracking", "store", "sweep"}
+COMMON_KEYS = {"method", "seed", "config", "resources", "tracking", "store", "sweep", "claims"}
 
 
 def load_spec(
@@ -190,7 +194,27 @@ def build_spec(
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(f"{where}: {first_error(exc)}") from None
+    check_claims_fit(spec, method, where)
     return spec.model_copy(update={"source": where, "preset": preset})
+
+
+def check_claims_fit(spec: ExperimentSpec, method: Any, where: str) -> None:
+    """Each claim names a metric the method measures per seed and two of its arms."""
+    arms = method.arms(spec.config) if method.arms else ()
+    for i, claim in enumerate(spec.claims):
+        field = f"{where}: claims.{i}"
+        if claim.metric not in method.seed_metrics:
+            known = ", ".join(method.seed_metrics) or "none"
+            raise SpecError(
+                f"{field}.metric: {method.name} has no per-seed metric "
+                f"{claim.metric!r} (has: {known})"
+            )
+        for arm in claim.compare:
+            if arm not in arms:
+                raise SpecError(
+                    f"{field}.compare: no arm {arm!r} in this spec (arms: "
+                    f"{', '.join(arms) or 'none'}; --set claims=[] runs it without claims)"
+                )
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +264,16 @@ def first_error(exc: ValidationError, prefix: str = "") -> str:
         shown = repr(err["input"])
         msg += f" (got {shown if len(shown) < 60 else shown[:57] + '...'})"
     return f"{field}: {msg}"
+
+
+def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first field (in sorted order) where two resolved specs differ, with both values:
+    `config.rounds (2000 -> 300)`; "" when they are equal."""
+    before, after = flatten(old), flatten(new)
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key, "<unset>") != after.get(key, "<unset>"):
+            return f"{key} ({before.get(key, '<unset>')!r} -> {after.get(key, '<unset>')!r})"
+    return ""
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

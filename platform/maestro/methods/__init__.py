@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -38,15 +38,16 @@ class Method:
       and returns its summary metrics.
     - `trainable`: a Ray Tune function trainable `f(config: dict)` for one trial; the dict
       holds the resolved spec (`config`, `seed`, ...) with the sweep's values applied.
-    - `stages`: the names of the pipeline's resumable stages, in order.
+    - `arms`: the arms a spec's claims can compare, given its config.
+    - `seed_metrics`: the metrics measured once per seed and arm that claims can name.
     """
 
     name: str
     config: type[BaseModel]
     pipeline: Callable[[RunContext], dict[str, float]]
     trainable: Callable[[dict[str, Any]], None] | None = None
-    stages: tuple[str, ...] = field(default_factory=tuple)
-    summary: str = ""
+    arms: Callable[[Any], tuple[str, ...]] | None = None
+    seed_metrics: tuple[str, ...] = ()
 
 
 def get_method(name: str) -> Method:
@@ -59,8 +60,3 @@ def get_method(name: str) -> Method:
     if method.name != name:
         raise RuntimeError(f"{module_name} declares method {method.name!r}, registered as {name!r}")
     return method
-
-
-def all_methods() -> list[Method]:
-    """Every registered method, imported."""
-    return [get_method(name) for name in sorted(MODULES)]

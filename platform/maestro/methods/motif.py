@@ -390,6 +390,4 @@ METHOD = Method(
     config=MotifConfig,
     pipeline=pipeline,
     trainable=trainable,
-    stages=STAGES,
-    summary="Intrinsic reward from LLM preferences on NetHack (Klissarov, D'Oro et al. 2023).",
 )

@@ -289,6 +289,7 @@ def pipeline(ctx) -> dict[str, float]:
     figure = plot_regret(curves)
     ctx.tracker.log_figure(figure, "cumulative_regret")
     ctx.store.put_bytes(ctx.key("plots", "cumulative_regret.png"), figure_png(figure))
+    ctx.check_claims({"final_regret": {a: runs[:, -1] for a, runs in curves.items()}})
     return {f"final_regret/{a}": float(runs[:, -1].mean()) for a, runs in curves.items()}
 
 
@@ -369,6 +370,6 @@ METHOD = Method(
     config=RandomistConfig,
     pipeline=pipeline,
     trainable=trainable,
-    stages=("curves", "aggregate"),
-    summary="Policy optimisation with mediator feedback on the 1-D LQG (Metelli et al. 2021).",
+    arms=lambda config: tuple(config.algorithms),
+    seed_metrics=("final_regret",),
 )

@@ -1,0 +1,198 @@
+"""Paper claims as data, checked over seeds with stratified bootstrap intervals (rliable).
+
+A spec's `claims:` list states a paper's qualitative effects::
+
+    claims:
+      - name: randomist_below_ucb1
+        metric: final_regret       # one value per seed and arm
+        better: lower
+        compare: [randomist, ucb1] # the arm that should win, the arm it should beat
+        statistic: iqm             # or mean, median
+
+`check_claim` computes the statistic of each arm over its seeds, and the difference
+`d = stat(winner) - stat(loser)` (negated when lower is better, so d > 0 is the claimed
+direction), each with a 95% stratified bootstrap interval from `rliable` (Agarwal et al.,
+"Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021). The verdict: the
+interval of d above zero, `reproduced`; below zero, `contradicted`; containing zero,
+`inconclusive`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Verdict = Literal["reproduced", "contradicted", "inconclusive"]
+REPS = 2000  # bootstrap resamples: intervals stable to about 1% of their width
+CONFIDENCE = 0.95
+
+
+class Claim(BaseModel):
+    """One claimed effect: `compare[0]` is better than `compare[1]` on `metric`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    metric: str
+    better: Literal["higher", "lower"]
+    compare: tuple[str, str]
+    statistic: Literal["iqm", "mean", "median"] = "iqm"
+
+    @field_validator("compare")
+    @classmethod
+    def two_arms(cls, compare: tuple[str, str]) -> tuple[str, str]:
+        if not all(compare) or compare[0] == compare[1]:
+            raise ValueError("compare: name two different arms, [winner, loser]")
+        return compare
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic over seeds with its confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """A checked claim: the statistic per arm, the oriented difference, the verdict."""
+
+    name: str
+    metric: str
+    statistic: str
+    better: str
+    winner: str
+    loser: str
+    seeds: tuple[int, int]  # seeds of the winner, of the loser
+    winner_estimate: Estimate
+    loser_estimate: Estimate
+    difference: Estimate  # > 0: the claimed direction
+    verdict: Verdict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line for a terminal or a log."""
+        w, lo, d = self.winner_estimate, self.loser_estimate, self.difference
+        return (
+            f"{self.name}: {self.verdict} ({self.statistic} {self.metric}, {self.better} is "
+            f"better: {self.winner} {w.value:.4g} [{w.low:.4g}, {w.high:.4g}] vs {self.loser} "
+            f"{lo.value:.4g} [{lo.low:.4g}, {lo.high:.4g}]; difference {d.value:.4g} "
+            f"[{d.low:.4g}, {d.high:.4g}], seeds {self.seeds[0]}+{self.seeds[1]})"
+        )
+
+
+def statistic_function(name: str):
+    """The rliable aggregate called `name`, over a (seeds x 1) score matrix."""
+    from rliable import metrics
+
+    return {
+        "iqm": metrics.aggregate_iqm,
+        "mean": metrics.aggregate_mean,
+        "median": metrics.aggregate_median,
+    }[name]
+
+
+def verdict(low: float, high: float) -> Verdict:
+    """Where the interval of the oriented difference lies relative to zero."""
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "contradicted"
+    return "inconclusive"
+
+
+def check_claim(
+    claim: Claim,
+    scores: dict[str, np.ndarray],
+    reps: int = REPS,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> ClaimResult:
+    """Check `claim` against `scores` (arm -> one value per seed). Deterministic given
+    `seed`. Raises KeyError naming a missing arm, ValueError for an arm with no seeds."""
+    from rliable import library
+
+    winner, loser = claim.compare
+    for arm in claim.compare:
+        if arm not in scores:
+            raise KeyError(f"claim {claim.name}: no arm {arm!r} (have: {', '.join(scores)})")
+        if len(scores[arm]) == 0:
+            raise ValueError(f"claim {claim.name}: arm {arm!r} has no seeds")
+    x = np.asarray(scores[winner], dtype=float).reshape(-1, 1)
+    y = np.asarray(scores[loser], dtype=float).reshape(-1, 1)
+    stat = statistic_function(claim.statistic)
+    sign = 1.0 if claim.better == "higher" else -1.0
+
+    def per_arm(s):
+        return np.array([stat(s)])
+
+    def oriented_difference(a, b):
+        return np.array([sign * (stat(a) - stat(b))])
+
+    # rliable resamples with numpy's global generator: seed it, then put it back.
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        points, intervals = library.get_interval_estimates(
+            {winner: x, loser: y}, per_arm, reps=reps, confidence_interval_size=confidence
+        )
+        # The two arms resampled independently (their seeds are not paired).
+        point, interval = library.get_interval_estimates(
+            {"difference": [x, y]},
+            oriented_difference,
+            reps=reps,
+            confidence_interval_size=confidence,
+        )
+    finally:
+        np.random.set_state(saved)
+    points.update(point)
+    intervals.update(interval)
+
+    def estimate(key: str) -> Estimate:
+        return Estimate(
+            float(points[key][0]), float(intervals[key][0][0]), float(intervals[key][1][0])
+        )
+
+    difference = estimate("difference")
+    return ClaimResult(
+        name=claim.name,
+        metric=claim.metric,
+        statistic=claim.statistic,
+        better=claim.better,
+        winner=winner,
+        loser=loser,
+        seeds=(len(x), len(y)),
+        winner_estimate=estimate(winner),
+        loser_estimate=estimate(loser),
+        difference=difference,
+        verdict=verdict(difference.low, difference.high),
+    )
+
+
+def check_claims(
+    claims: list[Claim], seed_scores: dict[str, dict[str, np.ndarray]]
+) -> list[ClaimResult]:
+    """Check every claim against `seed_scores` (metric -> arm -> one value per seed)."""
+    return [check_claim(claim, seed_scores[claim.metric]) for claim in claims]
+
+
+def log_claims(tracker, results: list[ClaimResult]) -> None:
+    """Record checked claims in the run: `claims.json`, a tag `maestro.claim.<name>` with
+    the verdict, and `claim/<name>/difference` with its interval as metrics."""
+    if not results:
+        return
+    tracker.log_dict([result.to_dict() for result in results], "claims.json")
+    tracker.set_tags({f"maestro.claim.{r.name}": r.verdict for r in results})
+    metrics = {}
+    for r in results:
+        metrics[f"claim/{r.name}/difference"] = r.difference.value
+        metrics[f"claim/{r.name}/difference_low"] = r.difference.low
+        metrics[f"claim/{r.name}/difference_high"] = r.difference.high
+    tracker.log_metrics(metrics, step=0, flush=True)
