@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from maestro.errors import RuntimeSetupError
 from maestro.report import ReportError, make_report, write_report
-from maestro.runtime import RuntimeSetupError
 from maestro.spec import SpecError, load_spec
 from maestro.sweep import SweepStateError, load_sweep, run_sweep
 

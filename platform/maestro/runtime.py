@@ -20,6 +20,7 @@ import secrets
 import warnings
 from pathlib import Path
 
+from maestro.errors import RuntimeSetupError
 from maestro.spec import ResourcesSpec
 
 AUTH_MODES = ("token", "disabled")
@@ -34,10 +35,6 @@ QUIET_RAY_MESSAGES = {
 }
 # Ray logs its deprecation notices here, attributed to the line that used the old name.
 RAY_DEPRECATION_LOGGER = "ray._common.deprecation"
-
-
-class RuntimeSetupError(RuntimeError):
-    """Ray cannot be started or reached as configured."""
 
 
 def auth_mode() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from maestro.runtime import RuntimeSetupError
+from maestro.errors import RuntimeSetupError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 ARTIFACTS_FOLDER = "mlartifacts"  # beside a sqlite database
