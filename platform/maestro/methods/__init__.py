@@ -1,9 +1,10 @@
 """The method registry: how the CLI and sweeps find a method by its spec name.
 
 Each method module defines one `METHOD = Method(...)`: its config schema, its pipeline
-(what `maestro run` calls), and its Tune trainable (what `maestro sweep` calls per trial).
-Modules are imported only when their method is asked for, so a method's heavy
-dependencies (NLE, vLLM, MuJoCo) cost nothing to the others.
+(what `maestro run` calls), its Tune trainable (what `maestro sweep` calls per trial), and
+what its spec's claims can name (arms, per-seed metrics). Modules are imported only when
+their method is asked for, so a method's heavy dependencies (NLE, vLLM) cost nothing to the
+others.
 """
 
 from __future__ import annotations
