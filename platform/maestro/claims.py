@@ -57,6 +57,9 @@ class Estimate:
     low: float
     high: float
 
+    def __str__(self) -> str:
+        return f"{self.value:.4g} [{self.low:.4g}, {self.high:.4g}]"
+
 
 @dataclass(frozen=True)
 class ClaimResult:
@@ -77,14 +80,22 @@ class ClaimResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ClaimResult:
+        """The inverse of `to_dict` (what `claims.json` holds)."""
+        estimates = {
+            key: Estimate(**data[key])
+            for key in ("winner_estimate", "loser_estimate", "difference")
+        }
+        return cls(**{**data, **estimates, "seeds": tuple(data["seeds"])})
+
     def line(self) -> str:
         """One line for a terminal or a log."""
-        w, lo, d = self.winner_estimate, self.loser_estimate, self.difference
         return (
             f"{self.name}: {self.verdict} ({self.statistic} {self.metric}, {self.better} is "
-            f"better: {self.winner} {w.value:.4g} [{w.low:.4g}, {w.high:.4g}] vs {self.loser} "
-            f"{lo.value:.4g} [{lo.low:.4g}, {lo.high:.4g}]; difference {d.value:.4g} "
-            f"[{d.low:.4g}, {d.high:.4g}], seeds {self.seeds[0]}+{self.seeds[1]})"
+            f"better: {self.winner} {self.winner_estimate} vs {self.loser} "
+            f"{self.loser_estimate}; difference {self.difference}, "
+            f"seeds {self.seeds[0]}+{self.seeds[1]})"
         )
 
 

@@ -239,8 +239,8 @@ def command_report(args: argparse.Namespace) -> int:
     print(f"report: {path.resolve()}")
     if report.log_run_id and not args.no_log:
         print(f"  logged to MLflow run {report.log_run_id} under report/")
-    for cells in report.claim_rows:
-        print(f"  claim {cells[0]}: {cells[-1]} (difference {cells[-2]})")
+    for result in report.claims:
+        print(f"  claim {result.line()}")
     for figure in report.figures:
         print(f"  figure: {figure.title}")
     return 0

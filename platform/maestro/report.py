@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from maestro.claims import ClaimResult
 from maestro.sweep import search_runs
 from maestro.tracking import (
     Tracker,
@@ -97,7 +98,7 @@ class Report:
     table_rows: list[list[str]]
     log_run_id: str | None = None  # None: an experiment report gets a run of its own
     table_note: str = ""  # e.g. that the table shows only the best runs
-    claim_rows: list[list[str]] = field(default_factory=list)  # the reproduction table
+    claims: list[ClaimResult] = field(default_factory=list)  # the reproduction table
 
 
 # ---------------------------------------------------------------- reading MLflow
@@ -185,9 +186,8 @@ def rank_by_progress(items: list[tuple[Any, float, float]], mode: str) -> list[A
 
 
 def best_first(items: list[tuple[Any, float]], mode: str) -> list[tuple[Any, float]]:
-    """Items sorted best first by their score (NaN last)."""
-    sign = -1.0 if mode == "max" else 1.0
-    return sorted(items, key=lambda item: (math.isnan(item[1]), sign * item[1]))
+    """(item, score) pairs sorted best first by their score (NaN last)."""
+    return rank_by_progress([((item, score), 0, score) for item, score in items], mode)
 
 
 def short_key(key: str) -> str:
@@ -610,28 +610,24 @@ def subset_note(shown: int, total: int, noun: str, metric: str) -> str:
 CLAIM_HEAD = ["claim", "statistic", "winner", "loser", "difference (> 0: as claimed)", "verdict"]
 
 
-def claim_rows(mlflow: Any, run: Any) -> list[list[str]]:
-    """The reproduction table of a run that checked paper claims (its `claims.json`, see
-    `maestro.claims`): each statistic with its 95% interval, and the verdict."""
+def run_claims(mlflow: Any, run: Any) -> list[ClaimResult]:
+    """The paper claims a run checked (its `claims.json`, see `maestro.claims`)."""
     if not any(key.startswith("maestro.claim.") for key in run.data.tags):
         return []
     with tempfile.TemporaryDirectory() as folder:
         path = mlflow.download_artifacts(run.info.run_id, "claims.json", folder)
-        results = json.loads(Path(path).read_text())
+        return [ClaimResult.from_dict(c) for c in json.loads(Path(path).read_text())]
 
-    def interval(estimate: dict[str, float]) -> str:
-        return f"{estimate['value']:.4g} [{estimate['low']:.4g}, {estimate['high']:.4g}]"
 
+def claim_row(result: ClaimResult) -> list[str]:
+    """A row of the reproduction table: each statistic with its 95% interval, the verdict."""
     return [
-        [
-            r["name"],
-            f"{r['statistic']} of {r['metric']} over seeds ({r['better']} is better)",
-            f"{r['winner']}: {interval(r['winner_estimate'])}",
-            f"{r['loser']}: {interval(r['loser_estimate'])}",
-            interval(r["difference"]),
-            r["verdict"],
-        ]
-        for r in results
+        result.name,
+        f"{result.statistic} of {result.metric} over seeds ({result.better} is better)",
+        f"{result.winner}: {result.winner_estimate}",
+        f"{result.loser}: {result.loser_estimate}",
+        str(result.difference),
+        result.verdict,
     ]
 
 
@@ -646,7 +642,7 @@ def run_report(mlflow: Any, run: Any) -> Report:
         table_head=["metric (last value)", "value"],
         table_rows=[[key, f"{value:.6g}"] for key, value in sorted(data.metrics.items())],
         log_run_id=data.run_id,
-        claim_rows=claim_rows(mlflow, run),
+        claims=run_claims(mlflow, run),
     )
 
 
@@ -705,9 +701,9 @@ def render_html(report: Report) -> str:
         *[f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in report.summary],
         "</table>",
     ]
-    if report.claim_rows:
+    if report.claims:
         parts += ["<h2>Paper claims</h2>", "<table>", row(CLAIM_HEAD, "th")]
-        parts += [row(cells) for cells in report.claim_rows]
+        parts += [row(claim_row(result)) for result in report.claims]
         parts.append("</table>")
     for figure in report.figures:
         data = base64.b64encode(figure.png).decode()

@@ -278,15 +278,23 @@ def plot_noisy(axis: Any, steps: Any, values: Any, **line: Any) -> Any:
     return drawn
 
 
+def sqlite_database(uri: str) -> Path | None:
+    """The absolute path of a sqlite tracking URI's database file; None for other URIs
+    and for an in-memory database."""
+    parsed = urlparse(uri)
+    # sqlite:///rel/path.db and sqlite:////abs/path.db: the path follows the third slash.
+    if parsed.scheme != "sqlite" or not parsed.path[1:]:
+        return None
+    return Path(parsed.path[1:]).resolve()
+
+
 def sqlite_artifacts(uri: str) -> str | None:
     """For a sqlite tracking URI, the file URI of `mlartifacts/` beside its database
     (absolute, so runs started from another folder find their artifacts); else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
+    if urlparse(uri).scheme != "sqlite":
         return None
-    # sqlite:///rel/path.db and sqlite:////abs/path.db: the path follows the third slash.
-    database = parsed.path[1:]
-    folder = Path(database).resolve().parent if database else Path.cwd()
+    database = sqlite_database(uri)
+    folder = database.parent if database else Path.cwd()
     return (folder / ARTIFACTS_FOLDER).as_uri()
 
 
@@ -320,10 +328,10 @@ def browse_hint(uri: str, experiment_id: str, run_id: str) -> str:
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    if parsed.scheme == "sqlite" and parsed.path[1:]:
-        # An absolute database path, so the command works from any folder.
+    database = sqlite_database(uri)
+    if database:  # an absolute database path, so the command works from any folder
         query = f"?{parsed.query}" if parsed.query else ""
-        uri = f"sqlite:///{Path(parsed.path[1:]).resolve()}{query}"
+        uri = f"sqlite:///{database}{query}"
     return f"mlflow ui --backend-store-uri {uri}"
 
 
