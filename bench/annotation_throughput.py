@@ -14,9 +14,9 @@ import argparse
 import tempfile
 import time
 
-from maestro.annotation.collect import CollectConfig, collect, load_captions
-from maestro.annotation.pairs import PairSamplingConfig, sample_pairs
 from maestro.llm import AnnotatorConfig, PairQuestion, load_prompt_set, make_annotator
+from maestro.methods.motif.collect import CollectConfig, collect, load_captions
+from maestro.methods.motif.pairs import PairSamplingConfig, sample_pairs
 from maestro.store import LocalStore
 
 

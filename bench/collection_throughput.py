@@ -23,13 +23,13 @@ import time
 
 import numpy as np
 
-from maestro.annotation.collect import (
+from maestro.envs.nethack import episode_seeds, make_raw_env
+from maestro.methods.motif.collect import (
     DEFAULT_FIELDS,
     CollectConfig,
     RandomPolicy,
     RolloutWorker,
 )
-from maestro.envs.nethack import episode_seeds, make_raw_env
 
 
 def raw_steps(env, policy: RandomPolicy, config: CollectConfig, seed: int, shard: int) -> int:

@@ -23,12 +23,8 @@ import time
 
 import numpy as np
 
-from maestro.rl.train import (
-    TrainingConfig,
-    algorithm_config,
-    learner_stats,
-    sampled_env_steps,
-)
+from maestro.methods.motif.train import TrainingConfig, algorithm_config
+from maestro.rl.results import learner_stats, sampled_env_steps
 from maestro.runtime import init_ray
 from maestro.spec import ResourcesSpec
 
@@ -39,8 +35,8 @@ def reward_model():
     threshold."""
     import torch
 
-    from maestro.reward.intrinsic import IntrinsicRewardConfig
-    from maestro.reward.model import (
+    from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
+    from maestro.methods.motif.reward_model import (
         CaptionRewardNet,
         Normalisation,
         RewardModel,
@@ -94,7 +90,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from maestro.rl.intrinsic_connector import learner_settings
+    from maestro.methods.motif.intrinsic_connector import learner_settings
 
     model, intrinsic = reward_model()
     settings = learner_settings(

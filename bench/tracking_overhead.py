@@ -1,12 +1,12 @@
-"""MLflow tracking overhead: the same RANDOMIST sweep with tracking on (a parent run, one
+"""MLflow tracking overhead: the same RANDOMIST run with tracking on (a parent run, one
 child run per trial, every report's metrics batched into `log_batch` requests sent from a
 writer thread) against tracking off (`tracking.enabled: false`), in the same run.
 
-Both sides are whole `run_sweep` calls on one local Ray cluster with a sqlite MLflow
+Both sides are whole `run_experiment` calls on one local Ray cluster with a sqlite MLflow
 database (`MLFLOW_TRACKING_URI` points elsewhere if set). They alternate (off, on, off,
 on, ...) and the fastest time of each is kept, since a shared machine only ever adds time.
 
-    python bench/tracking_overhead.py [--trials 20] [--rounds 1500] [--repeats 2]
+    python bench/tracking_overhead.py [--trials 20] [--rounds 6000] [--repeats 2]
 
 Goal: tracked wall time under 1.05 x untracked (overhead under 5%).
 """
@@ -17,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from sweep_overhead import parse_args, run_sweep_timed, start_cluster, sweep_spec, trial_specs
+from trial_overhead import parse_args, run_spec, run_timed, start_cluster, trial_specs
 
 
 def main() -> None:
@@ -26,14 +26,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         start_cluster(folder)
-        # One untimed sweep first: Tune's imports and the trial workers' start.
-        run_sweep_timed(sweep_spec(folder, 2, 20, tracking=False))
+        # One untimed run first: Tune's imports and the trial workers' start.
+        run_timed(run_spec(folder, 5, 20, tracking=False))
         off, on = [], []
         for _ in range(args.repeats):
-            off.append(run_sweep_timed(sweep_spec(folder, args.trials, args.rounds, False)))
-            on.append(run_sweep_timed(sweep_spec(folder, args.trials, args.rounds, True)))
+            off.append(run_timed(run_spec(folder, args.trials, args.rounds, False)))
+            on.append(run_timed(run_spec(folder, args.trials, args.rounds, True)))
         ratio = min(on) / min(off)
-        trials = len(trial_specs(sweep_spec(folder, args.trials, args.rounds)))
+        trials = len(trial_specs(run_spec(folder, args.trials, args.rounds)))
         print(f"trials: {trials} x {args.rounds} rounds, 10 reports each, 2 at a time")
         print(f"tracking off: best {min(off):.2f} s (median {statistics.median(off):.2f})")
         print(f"tracking on:  best {min(on):.2f} s (median {statistics.median(on):.2f})")

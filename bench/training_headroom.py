@@ -55,9 +55,15 @@ def training_steps_per_s(task: str, env_runners: int, iterations: int, num_envs:
     """Env steps/s of the APPO training loop with the intrinsic reward (after warm-up)."""
     import torch
 
-    from maestro.reward.model import CaptionRewardNet, Normalisation, RewardModel, RewardModelConfig
-    from maestro.rl.intrinsic_connector import learner_settings
-    from maestro.rl.train import TrainingConfig, algorithm_config, sampled_env_steps
+    from maestro.methods.motif.intrinsic_connector import learner_settings
+    from maestro.methods.motif.reward_model import (
+        CaptionRewardNet,
+        Normalisation,
+        RewardModel,
+        RewardModelConfig,
+    )
+    from maestro.methods.motif.train import TrainingConfig, algorithm_config
+    from maestro.rl.results import sampled_env_steps
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -69,7 +69,7 @@ GOOD = {"name": "c", "metric": "final_regret", "better": "lower", "compare": ["r
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"metric": "regret"}, "claims.0.metric: randomist has no per-seed metric 'regret'"),
+        ({"metric": "regret"}, "claims.0.metric: a randomist trial returns no metric 'regret'"),
         ({"compare": ["randomist", "phe"]}, r"claims.0.compare: no arm 'phe'"),
         ({"compare": ["ucb1", "ucb1"]}, "two different arms"),
         ({"better": "more"}, "claims.0.better"),
@@ -77,26 +77,31 @@ GOOD = {"name": "c", "metric": "final_regret", "better": "lower", "compare": ["r
     ],
 )
 def test_a_claim_that_does_not_fit_the_spec_is_refused(change, message):
-    algorithms = "config.algorithms=[randomist, ucb1]"
-    assert load_spec(LQG, overrides=[algorithms, f"claims={json.dumps([GOOD])}"]).claims
+    arms = "trials.arms={randomist: {algorithm: randomist}, ucb1: {algorithm: ucb1}}"
+    assert load_spec(LQG, overrides=[arms, f"claims={json.dumps([GOOD])}"]).claims
     bad = json.dumps([{**GOOD, **change}])
     with pytest.raises(SpecError, match=message):
-        load_spec(LQG, overrides=[algorithms, f"claims={bad}"])
+        load_spec(LQG, overrides=[arms, f"claims={bad}"])
 
 
 def test_a_randomist_run_records_its_claims_in_mlflow(workdir):
-    # RANDOMIST below UCB1 (true at this scale by a wide margin) and the same claim turned
-    # around, over three seeds.
+    # RANDOMIST below UCB1 (true at this scale by a wide margin), the same claim turned
+    # around, and RANDOMIST against itself (an arm of the same config: the same seeds give
+    # the same regrets), over three seeds, each (arm, seed) a trial.
     claims = [
         {"name": "randomist_below_ucb1", "metric": "final_regret", "better": "lower",
          "compare": ["randomist", "ucb1"]},
         {"name": "ucb1_below_randomist", "metric": "final_regret", "better": "lower",
          "compare": ["ucb1", "randomist"]},
+        {"name": "randomist_below_itself", "metric": "final_regret", "better": "lower",
+         "compare": ["randomist", "randomist_again"]},
     ]  # fmt: skip
+    arms = "{randomist: {algorithm: randomist}, ucb1: {algorithm: ucb1}, "
+    arms += "randomist_again: {algorithm: randomist}}"
     done = subprocess.run(
         [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke"]
-        + ["--set", "config.rounds=1000", "--set", "config.num_seeds=3"]
-        + ["--set", "config.algorithms=[randomist, ucb1]", "--set", f"claims={json.dumps(claims)}"],
+        + ["--set", "config.rounds=1000", "--set", "trials.seeds=3"]
+        + ["--set", f"trials.arms={arms}", "--set", f"claims={json.dumps(claims)}"],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -105,15 +110,29 @@ def test_a_randomist_run_records_its_claims_in_mlflow(workdir):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "claim randomist_below_ucb1: reproduced" in done.stdout
     assert "claim ucb1_below_randomist: contradicted" in done.stdout
+    assert "claim randomist_below_itself: inconclusive" in done.stdout
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("randomist").experiment_id])
+    experiment = client.get_experiment_by_name("randomist").experiment_id
+    (run,) = client.search_runs([experiment], "tags.`maestro.kind` = 'run'")
+    trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert sorted((t.data.tags["arm"], t.data.tags["seed"]) for t in trials) == [
+        (arm, str(seed)) for arm in ("randomist", "randomist_again", "ucb1") for seed in range(3)
+    ]
     assert run.data.tags["maestro.claim.randomist_below_ucb1"] == "reproduced"
     assert run.data.tags["maestro.claim.ucb1_below_randomist"] == "contradicted"
+    assert run.data.tags["maestro.claim.randomist_below_itself"] == "inconclusive"
+    assert run.data.metrics["claim/randomist_below_itself/difference"] == 0
     difference = run.data.metrics["claim/randomist_below_ucb1/difference"]
     assert run.data.metrics["claim/randomist_below_ucb1/difference_low"] > 0
     assert difference == pytest.approx(-run.data.metrics["claim/ucb1_below_randomist/difference"])
-    # The difference is UCB1's final regret less RANDOMIST's, as the run's summary has them.
+    # The difference is UCB1's final regret less RANDOMIST's, as their trials' runs have them.
+    final = {
+        arm: [t.data.metrics["final_regret"] for t in trials if t.data.tags["arm"] == arm]
+        for arm in ("randomist", "ucb1")
+    }
     summary = run.data.metrics
+    for arm, values in final.items():
+        assert summary[f"summary/final_regret/{arm}"] == pytest.approx(np.mean(values))
     expected = summary["summary/final_regret/ucb1"] - summary["summary/final_regret/randomist"]
     assert difference == pytest.approx(expected, rel=0.05)
     folder = client.download_artifacts(run.info.run_id, "claims.json", str(workdir))
@@ -136,5 +155,5 @@ def test_a_randomist_run_records_its_claims_in_mlflow(workdir):
     html = page.read_text()
     assert "<h2>Paper claims</h2>" in html
     table = html.split("<h2>Paper claims</h2>")[1].split("</table>")[0]
-    assert table.count("<tr>") == 3  # the head and the two claims
-    assert "reproduced" in table and "contradicted" in table
+    assert table.count("<tr>") == 4  # the head and the three claims
+    assert "reproduced" in table and "contradicted" in table and "inconclusive" in table

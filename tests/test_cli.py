@@ -53,8 +53,13 @@ def test_doctor_reports_installed_and_reachable_parts(workdir, s3_env, mlflow_se
 
 def test_a_changed_spec_under_a_fixed_run_name_is_refused_and_new_run_starts_afresh(workdir):
     lqg = str(REPO / "jobs" / "randomist" / "lqg.yaml")
-    tiny = ["--set", "tracking.run_name=fixed", "--set", "config.num_seeds=1"]
-    tiny += ["--set", "config.algorithms=[randomist, ucb1]", "--set", "claims=[]"]
+    tiny = ["--set", "tracking.run_name=fixed", "--set", "trials.seeds=1"]
+    tiny += [
+        "--set",
+        "trials.arms={randomist: {algorithm: randomist}, ucb1: {algorithm: ucb1}}",
+        "--set",
+        "claims=[]",
+    ]
     first = maestro("run", lqg, *tiny, "--set", "config.rounds=100", cwd=workdir)
     assert first.returncode == 0, first.stderr[-2000:]
     run_folder = workdir / "maestro-store" / "runs" / "randomist"

@@ -12,7 +12,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from maestro.annotation.collect import (
+from maestro.envs.nethack import caption, make_raw_env
+from maestro.methods.motif.collect import (
     CollectConfig,
     CollectError,
     RandomPolicy,
@@ -25,7 +26,6 @@ from maestro.annotation.collect import (
     read_shard,
     shard_bytes,
 )
-from maestro.envs.nethack import caption, make_raw_env
 from maestro.store import LocalStore
 
 # Shards long enough that a SIGKILL lands between them.
@@ -107,7 +107,7 @@ def run_in_subprocess(store_root, config, seed, address):
     """`collect` in a separate driver process joined to the test's Ray cluster."""
     script = (
         "import sys\n"
-        "from maestro.annotation.collect import CollectConfig, collect\n"
+        "from maestro.methods.motif.collect import CollectConfig, collect\n"
         "from maestro.store import open_store\n"
         "config = CollectConfig.model_validate_json(sys.argv[2])\n"
         "collect(open_store(sys.argv[1]), 'captions', config, seed=int(sys.argv[3]))\n"

@@ -11,8 +11,10 @@ per state). Ray records its own task, actor, resource and node metrics. The endp
 scraped over HTTP: every metric that a panel of annotation.json, training.json,
 sweeps.json or cluster.json (or a template variable) selects must be in the scrape, with the
 label values it matches exactly, and Maestro's values must equal what the runs logged to
-MLflow. GPU metrics cannot appear on a machine without a GPU; for those the test checks that
-Ray's node agent declares them.
+MLflow: collection and annotation (an experiment's `prepare`) on its parent run, labelled
+with the experiment's name; training on each trial's child run, labelled
+`<experiment>/<trial>`. GPU metrics cannot appear on a machine without a GPU; for those the
+test checks that Ray's node agent declares them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from maestro import metrics
 
 from .conftest import REPO, free_port
+from .tiny_llm import build_random_llama
 
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
 ANNOTATE = REPO / "jobs" / "motif" / "annotate.yaml"
@@ -57,13 +60,14 @@ NOISY_JUDGE = [
     "config.annotation.batch_size=8",
 ]
 SWEEP = REPO / "jobs" / "randomist" / "sweep.yaml"
-# Ten tiny RANDOMIST trials (5 algorithms x 2 exploration coefficients), two reports each.
+# Ten tiny RANDOMIST trials (5 algorithms x 2 exploration coefficients x 1 seed), two
+# reports each.
 SWEEP_SMALL = [
     "config.rounds=40",
     "config.log_every=20",
     "config.value_samples=1000",
     "sweep.space.config.exploration={grid: [0.1, 1.0]}",
-    "sweep.space.seed={grid: [0]}",
+    "trials.seeds=1",
 ]
 
 
@@ -214,60 +218,61 @@ def scrape(port: int) -> Scrape:
     return Scrape([s for family in text_string_to_metric_families(text) for s in family.samples])
 
 
-def logged_metrics(run_name: str) -> dict[str, float]:
-    """The metrics that run `run_name` of experiment `motif` logged to MLflow."""
+def mlflow_client():
     from mlflow.tracking import MlflowClient
 
     from maestro.tracking import tracking_uri
 
-    client = MlflowClient(tracking_uri())
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("motif").experiment_id],
-        filter_string=f"tags.mlflow.runName = '{run_name}'",
+    return MlflowClient(tracking_uri())
+
+
+def trial_runs(result) -> list:
+    """The child runs (one per trial) of experiment `result` (a `RunResult`)."""
+    client = mlflow_client()
+    parent = client.get_run(result.mlflow_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    return run.data.metrics
 
 
-def history_sum(run_name: str, key: str) -> float:
-    """The sum of every value metric `key` of run `run_name` logged (one per iteration)."""
-    from mlflow.tracking import MlflowClient
-
-    from maestro.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri())
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("motif").experiment_id],
-        filter_string=f"tags.mlflow.runName = '{run_name}'",
-    )
-    return sum(m.value for m in client.get_metric_history(run.info.run_id, key))
+def trial_label(result, trial) -> str:
+    """The `run` label of a trial's metrics: `<experiment>/<trial>`."""
+    return f"{result.run_name}/{trial.data.tags['maestro.trial']}"
 
 
-def job_expectations(result, batch_size: int) -> dict[str, float]:
-    """What a Motif job's metrics must read, from what it logged to MLflow: collection and
-    annotation, and training when the job trained."""
-    logged = logged_metrics(result.run_name)
+def history_sum(run_id: str, key: str) -> float:
+    """The sum of every value metric `key` of run `run_id` logged (one per iteration)."""
+    return sum(m.value for m in mlflow_client().get_metric_history(run_id, key))
+
+
+def job_expectations(result, batch_size: int) -> dict[str, dict[str, float]]:
+    """What a Motif job's metrics must read, by their `run` label, from what it logged to
+    MLflow: collection and annotation (`prepare`, on the parent run) under the experiment's
+    name, and training under each trial that trained (on the trial's own run)."""
+    logged = mlflow_client().get_run(result.mlflow_run_id).data.metrics
     labelled, invalid = logged["annotation/pairs_labelled"], logged["annotation/invalid"]
-    trained = "summary/env_steps" in logged
-    train_episodes = history_sum(result.run_name, "train/episodes") if trained else 0
-    expected = {
-        "ray_maestro_rollout_env_steps_total": logged["collect/rows"]
-        + logged.get("summary/env_steps", 0),
-        "ray_maestro_rollout_episodes_total": logged["collect/episodes"] + train_episodes,
+    prepared = {
+        "ray_maestro_rollout_env_steps_total": logged["collect/rows"],
+        "ray_maestro_rollout_episodes_total": logged["collect/episodes"],
         "ray_maestro_annotation_batch_seconds_count": -(-(labelled + invalid) // batch_size),
         "ray_maestro_annotation_queue_depth": 0.0,  # nothing left waiting at the end
     }
     # Ray exports a counter once it has been incremented.
     if labelled:
-        expected["ray_maestro_annotation_labelled_pairs_total"] = labelled
+        prepared["ray_maestro_annotation_labelled_pairs_total"] = labelled
     if invalid:
-        expected["ray_maestro_annotation_invalid_answers_total"] = invalid
-    if trained:
-        expected["ray_maestro_learner_samples_total"] = history_sum(
-            result.run_name, "learner/env_steps_trained"
-        )
-        expected["ray_maestro_learner_updates_total"] = history_sum(
-            result.run_name, "learner/gradient_updates"
-        )
+        prepared["ray_maestro_annotation_invalid_answers_total"] = invalid
+    expected = {result.run_name: prepared}
+    for trial in trial_runs(result):
+        if "env_steps" not in trial.data.metrics:
+            continue  # the job stops before training: its trial trains nothing
+        run_id = trial.info.run_id
+        expected[trial_label(result, trial)] = {
+            "ray_maestro_rollout_env_steps_total": trial.data.metrics["env_steps"],
+            "ray_maestro_rollout_episodes_total": history_sum(run_id, "train/episodes"),
+            "ray_maestro_learner_samples_total": history_sum(run_id, "learner/env_steps_trained"),
+            "ray_maestro_learner_updates_total": history_sum(run_id, "learner/gradient_updates"),
+        }
     return expected
 
 
@@ -311,8 +316,10 @@ REPORT_INTERVAL_S = 3
 class Exported:
     result: Scrape  # once it showed everything (or at the deadline)
     later: Scrape  # three report intervals after that: gauges must still be there
-    expected: dict[str, dict[str, float]]  # run -> metric -> value
+    expected: dict[str, dict[str, float]]  # run label -> metric -> value
     quickstart_run: str
+    quickstart_trial: str  # the `run` label of the quickstart's training (its one trial)
+    quickstart_trial_run_id: str  # the trial's MLflow run
     noisy_run: str
     sweep: dict  # the sweep's name and trial count
 
@@ -321,7 +328,6 @@ class Exported:
 def exported(tmp_path_factory) -> Iterator[Exported]:
     """Run the quickstart, the noisy annotation job and a tiny RANDOMIST sweep on one local
     Ray cluster and scrape its endpoint."""
-    from maestro.llm.tiny import build_random_llama
     from maestro.runtime import auth_mode, create_local_token, token_available
     from maestro.spec import load_spec
 
@@ -355,7 +361,7 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
             from maestro.run import run_experiment
 
             expected = {}
-            runs = []
+            results = []
             jobs = [
                 (QUICKSTART, TRAIN_SMALL),
                 (ANNOTATE, [*NOISY_JUDGE, f"config.annotator.model={model}"]),
@@ -364,12 +370,13 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
                 spec = load_spec(str(path), preset="smoke", overrides=ANNOTATE_SMALL + overrides)
                 result = run_experiment(spec)  # joins the cluster started above
                 batch_size = spec.config.annotation.batch_size
-                expected[result.run_name] = job_expectations(result, batch_size)
-                runs.append(result.run_name)
-            from maestro.sweep import run_sweep
-
-            sweep = run_sweep(load_spec(str(SWEEP), preset="smoke", overrides=SWEEP_SMALL))
-            sweep_trials = {"sweep": sweep.name, "trials": sweep.trials}
+                expected.update(job_expectations(result, batch_size))
+                results.append(result)
+            quickstart, noisy = results
+            (trial,) = trial_runs(quickstart)
+            spec = load_spec(str(SWEEP), preset="smoke", overrides=SWEEP_SMALL)
+            sweep = run_experiment(spec, "sweep")
+            sweep_trials = {"sweep": sweep.run_name, "trials": sweep.summary["trials"]}
             deadline = time.monotonic() + 60
             latest = scrape(port)
             while value_problems(latest, expected) or panel_problems(latest):
@@ -378,7 +385,16 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
                 time.sleep(1)
                 latest = scrape(port)
             time.sleep(3 * REPORT_INTERVAL_S)
-            yield Exported(latest, scrape(port), expected, *runs, sweep_trials)
+            yield Exported(
+                latest,
+                scrape(port),
+                expected,
+                quickstart.run_name,
+                trial_label(quickstart, trial),
+                trial.info.run_id,
+                noisy.run_name,
+                sweep_trials,
+            )
         finally:
             ray.shutdown()
 
@@ -386,21 +402,26 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
 def test_recorded_values_reach_the_metrics_endpoint(exported):
     expected = exported.expected
     assert not value_problems(exported.result, expected)
+    # The quickstart's one trial trained; the annotation job has none that did.
+    assert exported.quickstart_trial == f"{exported.quickstart_run}/trial_00000"
+    assert set(expected) == {exported.quickstart_run, exported.quickstart_trial, exported.noisy_run}
     quickstart, noisy = expected[exported.quickstart_run], expected[exported.noisy_run]
+    training = expected[exported.quickstart_trial]
     # The embedding judge always answers; the random Llama's answers are mostly noise.
     assert "ray_maestro_annotation_invalid_answers_total" not in quickstart
     assert quickstart["ray_maestro_annotation_labelled_pairs_total"] > 0
     assert noisy["ray_maestro_annotation_invalid_answers_total"] > 0
-    assert quickstart["ray_maestro_rollout_env_steps_total"] > 2048  # collection + training
-    assert quickstart["ray_maestro_learner_samples_total"] >= 2048
-    assert quickstart["ray_maestro_learner_updates_total"] >= 1
-    # The return gauges hold the last returns the run logged, one series per kind.
-    logged = logged_metrics(exported.quickstart_run)
+    assert quickstart["ray_maestro_rollout_env_steps_total"] > 0  # collection
+    assert training["ray_maestro_rollout_env_steps_total"] >= 2048  # training
+    assert training["ray_maestro_learner_samples_total"] >= 2048
+    assert training["ray_maestro_learner_updates_total"] >= 1
+    # The return gauges hold the last returns the trial logged, one series per kind.
+    logged = mlflow_client().get_run(exported.quickstart_trial_run_id).data.metrics
     for kind, key in (
         ("intrinsic", "train/intrinsic_return"),
         ("extrinsic", "train/extrinsic_return"),
     ):
-        labels = {"run": exported.quickstart_run, "kind": kind}
+        labels = {"run": exported.quickstart_trial, "kind": kind}
         values = [
             s.value
             for s in exported.result.samples
@@ -408,18 +429,19 @@ def test_recorded_values_reach_the_metrics_endpoint(exported):
             and all(s.labels.get(k) == v for k, v in labels.items())
         ]
         assert values == [pytest.approx(logged[key])], (kind, values)
-    # Gauges set once stay exported (Ray alone would drop them after two report intervals).
+    # Gauges set once stay exported (Ray alone would drop them after two report intervals)
+    # while the process that set them lives: the queue depth, set by `prepare` in the
+    # driver. (The return gauges are the trial's: its worker process ended with the run.)
     for run in (exported.quickstart_run, exported.noisy_run):
         assert exported.later.has("ray_maestro_annotation_queue_depth", {"run": run})
-    assert exported.later.has("ray_maestro_episode_return", {"run": exported.quickstart_run})
 
 
 def test_sweep_trial_counts_reach_the_metrics_endpoint(exported):
     sweep = exported.sweep
     assert sweep["trials"] == 10
 
-    def trials(state: str) -> list[float]:
-        labels = {"sweep": sweep["sweep"], "state": state}
+    def trials(state: str, name: str = sweep["sweep"]) -> list[float]:
+        labels = {"sweep": name, "state": state}
         return [
             s.value
             for s in exported.later.samples
@@ -430,6 +452,9 @@ def test_sweep_trial_counts_reach_the_metrics_endpoint(exported):
     assert trials("finished") == [10]
     for state in ("pending", "running", "paused", "errored"):
         assert trials(state) == [0]
+    # A run's trials are counted too: the quickstart and the annotation job had one each.
+    for run in (exported.quickstart_run, exported.noisy_run):
+        assert trials("finished", run) == [1]
 
 
 def test_every_metric_a_panel_queries_is_exported(exported):

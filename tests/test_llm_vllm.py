@@ -18,9 +18,9 @@ import pytest
 from maestro.llm import AnnotatorActor, AnnotatorError, PairQuestion, load_prompt_set
 from maestro.llm.backends import make_annotator
 from maestro.llm.parsing import parse_answer
-from maestro.llm.tiny import build_random_llama
 
 from .conftest import free_port, stop, wait_http
+from .tiny_llm import build_random_llama
 
 MAX_MODEL_LEN = 1024
 ANSWER_TOKENS = 24

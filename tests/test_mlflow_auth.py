@@ -22,7 +22,7 @@ from .conftest import REPO, S3_SECRET, free_port, stop, wait_http
 
 START_SCRIPT = REPO / "cluster" / "mlflow" / "start-server.sh"
 LQG = str(REPO / "jobs" / "randomist" / "lqg.yaml")
-SHORT = ["--set", "config.rounds=200", "--set", "config.num_seeds=2"]
+SHORT = ["--set", "config.rounds=200", "--set", "trials.seeds=2"]
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from maestro.annotation.preferences import PreferenceStore
+from maestro.methods.motif.preferences import PreferenceStore
 from maestro.store import LocalStore
 
 from .conftest import REPO
@@ -55,8 +55,15 @@ def env(tmp_path):
     }
 
 
+def preferences(store: LocalStore, run_name: str) -> PreferenceStore | None:
+    """The run's preference store, once its folder (named by the stage's inputs) exists."""
+    folders = list((store.path / "runs" / "motif" / run_name).glob("preferences-*"))
+    assert len(folders) <= 1, folders
+    return PreferenceStore(store, f"runs/motif/{run_name}/{folders[0].name}") if folders else None
+
+
 def records(store: LocalStore, run_name: str) -> list[dict]:
-    table = PreferenceStore(store, f"runs/motif/{run_name}/preferences").read()
+    table = preferences(store, run_name).read()
     rows = table.drop_columns(["annotated_at"]).to_pylist()
     return sorted(rows, key=lambda r: r["question_id"])
 
@@ -71,7 +78,6 @@ def test_killed_annotation_resumes_to_the_uninterrupted_dataset(env, tmp_path):
     assert len(expected) > 300
     assert len({r["question_id"] for r in expected}) == len(expected)
 
-    prefs = PreferenceStore(store, "runs/motif/killed/preferences")
     process = subprocess.Popen(
         command("killed"),
         env=env,
@@ -81,7 +87,7 @@ def test_killed_annotation_resumes_to_the_uninterrupted_dataset(env, tmp_path):
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    while not prefs.done_batches():
+    while (prefs := preferences(store, "killed")) is None or not prefs.done_batches():
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.02)

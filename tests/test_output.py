@@ -13,8 +13,10 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-# maestro.rl settles Ray's authentication mode on import; `ray` is only used for its path.
-from maestro.rl.train import advance, evaluate_with_progress
+# maestro.methods.motif (through maestro.rl) settles Ray's authentication mode on import;
+# `ray` is only used for its path.
+from maestro.methods.motif.evaluate import evaluate_with_progress
+from maestro.methods.motif.train import advance
 from maestro.runtime import RAY_DEPRECATION_LOGGER, quiet_third_party_logs
 
 REPO = Path(__file__).resolve().parents[1]

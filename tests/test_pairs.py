@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from maestro.annotation.pairs import (
+from maestro.envs.nethack import caption, make_env
+from maestro.methods.motif.pairs import (
     PairSamplingConfig,
     canonical,
     make_question,
@@ -15,7 +16,6 @@ from maestro.annotation.pairs import (
     question_id,
     sample_pairs,
 )
-from maestro.envs.nethack import caption, make_env
 
 
 @pytest.fixture(scope="module")

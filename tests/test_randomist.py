@@ -8,17 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from maestro.methods.randomist import (
+from maestro.methods.randomist import mean_and_band
+from maestro.methods.randomist.bandit import BanditState, arm_values, simulate
+from maestro.methods.randomist.config import RandomistConfig
+from maestro.methods.randomist.estimators import (
     MediatorFeedback,
-    RandomistConfig,
-    arm_values,
     effective_sample_size,
     gaussian_pdf,
-    mean_and_band,
     mis_weights,
     mixture_d2_bound,
     renyi_d2_gaussian,
-    simulate,
     truncation_threshold,
 )
 
@@ -94,9 +93,10 @@ def test_mean_and_band():
 
 @pytest.mark.parametrize("algorithm", ["randomist", "optimist"])
 def test_regret_grows_sublinearly_on_three_distinct_arms(algorithm):
-    cfg = RandomistConfig(rounds=400, num_arms=3, value_samples=2000)  # gains -1, -0.5, 0
+    # gains -1, -0.5, 0
+    cfg = RandomistConfig(algorithm=algorithm, rounds=400, num_arms=3, value_samples=2000)
     values = arm_values(cfg)
-    regret = np.fromiter(simulate(cfg, algorithm, 0, values), dtype=float)
+    regret = np.fromiter(simulate(cfg, BanditState.start(cfg, 0), values), dtype=float)
     gaps = np.sort(values.max() - values)[1:]
     assert gaps.min() > 0.005  # three distinct arms
     assert np.all(np.diff(regret) >= 0)
@@ -113,3 +113,21 @@ def test_arm_values_peak_near_the_lqr_gain():
     # The infinite-horizon LQR gain for a = b = q = r = 1 is -(sqrt(5) - 1) / 2 = -0.618.
     assert -0.8 < best_gain < -0.45
     assert values.min() < values.max() - 0.3
+
+
+@pytest.mark.parametrize("algorithm", ["randomist", "ucb1", "thompson"])
+def test_a_run_continued_from_its_checkpoint_is_the_run_that_never_stopped(algorithm):
+    cfg = RandomistConfig(algorithm=algorithm, rounds=300, num_arms=7, value_samples=500)
+    values = arm_values(cfg)
+    whole = BanditState.start(cfg, 3)
+    expected = list(simulate(cfg, whole, values))
+
+    halted = BanditState.start(cfg, 3)
+    first = [regret for _, regret in zip(range(120), simulate(cfg, halted, values), strict=False)]
+    checkpoint = halted.to_checkpoint()
+    assert checkpoint["round"] == 120 and isinstance(checkpoint["arrays.npz"], bytes)
+    continued = BanditState.from_checkpoint(cfg, checkpoint)
+    rest = list(simulate(cfg, continued, values))
+    assert first + rest == expected  # the same rounds, the same random draws
+    np.testing.assert_array_equal(continued.regret, whole.regret)
+    np.testing.assert_array_equal(continued.pulls, whole.pulls)

@@ -1,5 +1,6 @@
 """`maestro report`: statistics by hand, a report of a real sweep checked in headless
-Chromium (images present and decoded), and run and experiment reports."""
+Chromium (images present and decoded), and reports of a `maestro run` experiment, of one
+trial and of an MLflow experiment."""
 
 from __future__ import annotations
 
@@ -24,22 +25,31 @@ from maestro.report import (
     render_html,
     write_report,
 )
+from maestro.run import run_experiment
 from maestro.spec import load_spec
-from maestro.sweep import run_sweep
 
 from .conftest import REPO
 from .test_cli import maestro
 from .test_sweep import ray_cluster  # noqa: F401  (the module's own local Ray cluster)
 
 SPEC = REPO / "jobs" / "randomist" / "sweep.yaml"
+LQG = REPO / "jobs" / "randomist" / "lqg.yaml"
 # 2 algorithms x 2 exploration values x 3 seeds = 12 short trials.
 OVERRIDES = [
     "config.rounds=60",
     "config.log_every=20",
     "config.value_samples=1000",
-    "sweep.space.config.algorithms={grid: [[optimist], [ucb1]]}",
+    "sweep.space.config.algorithm={grid: [optimist, ucb1]}",
     "sweep.space.config.exploration={grid: [0.1, 1.0]}",
-    "sweep.space.seed={grid: [0, 1, 2]}",
+    "trials.seeds=3",
+]
+# A run of 2 arms x 2 seeds = 4 short trials, with the spec's claim (RANDOMIST below UCB1).
+RUN_OVERRIDES = [
+    "config.rounds=60",
+    "config.log_every=20",
+    "config.value_samples=1000",
+    "trials.seeds=2",
+    "trials.arms={randomist: {algorithm: randomist}, ucb1: {algorithm: ucb1}}",
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM_FLAGS = [
@@ -113,6 +123,19 @@ def test_step_labels_and_smoothing_by_hand():
     assert formatter(2000, 0) == "2k" and formatter(150_000, 0) == "150k"
 
 
+def x_labels(monkeypatch) -> list[str]:
+    """The x-axis labels of the plots that reports draw from now on."""
+    labels = []
+
+    def step_axis(axis, label: str) -> None:
+        labels.append(label)
+        real_step_axis(axis, label)
+
+    real_step_axis = report_module.step_axis
+    monkeypatch.setattr(report_module, "step_axis", step_axis)
+    return labels
+
+
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     browser = shutil.which("chromium")
     assert browser, "the report test needs Debian's chromium package (apt-get install chromium)"
@@ -124,8 +147,9 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.usefixtures("ray_cluster")
-def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, monkeypatch):
+def workdir_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """MLflow and the store in the test's folder (here and for subprocesses), and that
+    folder as the working directory."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
@@ -134,8 +158,14 @@ def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, monkeypatch):
     for key in ("MLFLOW_TRACKING_URI", "MAESTRO_STORE"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.chdir(tmp_path)
-    swept = run_sweep(load_spec(SPEC, preset="smoke", overrides=OVERRIDES))
-    assert swept.trials == 12 and swept.errored == 0
+    return env
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, monkeypatch):
+    env = workdir_env(tmp_path, monkeypatch)
+    swept = run_experiment(load_spec(SPEC, preset="smoke", overrides=OVERRIDES), "sweep")
+    assert swept.summary["trials"] == 12 and swept.summary["errored"] == 0
 
     sets = [part for item in OVERRIDES for part in ("--set", item)]
     page = tmp_path / "report.html"
@@ -156,7 +186,7 @@ def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, monkeypatch):
         "Learning curves (regret)",
         "Metric against each hyperparameter",
         "Parallel coordinates",
-        "Comparison by algorithms",
+        "Comparison by algorithm",
     ]
 
     # Self-contained: every image is inline PNG data, nothing else is referenced.
@@ -195,6 +225,33 @@ def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, monkeypatch):
     }
     copy = client.download_artifacts(parent_id, "report/index.html", str(tmp_path / "dl"))
     assert Path(copy).read_text() == text
+    assert parent_id == swept.mlflow_run_id
+
+    # The table: every trial with its coordinates (the seed apart from the setting), best
+    # first by its regret at the last round, which the sweep's parent run also names.
+    # The curves' x-axis is what RANDOMIST's steps count.
+    labels = x_labels(monkeypatch)
+    report = make_report(run_id=parent_id)
+    assert labels == ["rounds", "rounds"]  # the curves, the comparison's curves
+    assert report.table_head == [
+        "rank", "trial", "algorithm", "exploration", "seed", "steps", "regret", "outcome",
+    ]  # fmt: skip
+    assert [row[0] for row in report.table_rows] == [str(rank) for rank in range(1, 13)]
+    assert sorted(tuple(row[2:5]) for row in report.table_rows) == [
+        (algorithm, exploration, str(seed))
+        for algorithm in ("optimist", "ucb1")
+        for exploration in ("0.1", "1")
+        for seed in range(3)
+    ]
+    assert all((row[5], row[7]) == ("3", "completed") for row in report.table_rows)
+    scores = [float(row[6]) for row in report.table_rows]
+    assert scores == sorted(scores)
+    best = swept.summary["best"][0]
+    assert scores[0] == pytest.approx(best["regret"], rel=1e-5)
+    assert report.table_rows[0][1] == best["trial"]
+    summary = dict(report.summary)
+    assert summary["trials"] == "12" and summary["outcomes"] == "completed: 12"
+    assert summary["best trial"].startswith(f"{best['trial']}: algorithm=")
 
     # A single trial's run gets its own report.
     child = client.search_runs(
@@ -202,11 +259,62 @@ def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, monkeypatch):
         f"tags.mlflow.parentRunId = '{parent_id}'",
         max_results=1,
     )[0]
+    labels.clear()
     single = make_report(run_id=child.info.run_id)
     assert [figure.name for figure in single.figures] == ["regret"]
+    assert labels == ["rounds"]  # the trial's parent says what its steps count
     write_report(single, tmp_path / "run.html", log=False)
     assert (tmp_path / "run.html").read_text().count("data:image/png;base64,") == 1
     assert client.list_artifacts(child.info.run_id, "report") == []
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_run_report_draws_each_arms_mean_over_seeds_and_its_claims(tmp_path, monkeypatch):
+    env = workdir_env(tmp_path, monkeypatch)
+    done = run_experiment(load_spec(LQG, preset="smoke", overrides=RUN_OVERRIDES))
+    assert done.kind == "run" and sorted(done.summary) == [
+        "final_regret/randomist",
+        "final_regret/ucb1",
+    ]
+
+    # The parent run's report: one figure of the per-arm mean regret curves (their
+    # `regret_band/<arm>` drawn as bands; the summaries and counts are single values, in
+    # the table), and the claim the run checked.
+    labels = x_labels(monkeypatch)
+    report = make_report(run_id=done.mlflow_run_id)
+    assert report.kind == "run" and report.log_run_id == done.mlflow_run_id
+    assert [figure.name for figure in report.figures] == ["regret"]
+    assert labels == ["rounds"]
+    table = dict(report.table_rows)
+    assert table["trials/trials"] == "4" and table["trials/errored"] == "0"
+    for key, value in done.summary.items():
+        assert float(table[f"summary/{key}"]) == pytest.approx(value, rel=1e-5)
+    # The curves' last points are those means.
+    for arm in ("randomist", "ucb1"):
+        assert float(table[f"regret/{arm}"]) == pytest.approx(
+            done.summary[f"final_regret/{arm}"], rel=1e-5
+        )
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient().get_run(done.mlflow_run_id).data.tags
+    assert tags["maestro.kind"] == "run"
+    assert [(c.name, c.verdict) for c in report.claims] == [
+        ("randomist_below_ucb1", tags["maestro.claim.randomist_below_ucb1"])
+    ]
+    assert [c.line() for c in report.claims] == done.claims
+
+    # `maestro report` of the spec finds the run (not a sweep: the spec has none).
+    sets = [part for item in RUN_OVERRIDES for part in ("--set", item)]
+    page = tmp_path / "run.html"
+    made = maestro(
+        "report", str(LQG), "--preset", "smoke", *sets, "--output", str(page), "--no-log",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr[-3000:]
+    assert re.findall(r"figure: (.+)", made.stdout) == ["regret"]
+    assert f"claim {done.claims[0]}" in made.stdout
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == 1 and "<h2>Paper claims</h2>" in html
 
 
 def test_experiment_report_compares_methods_over_seeds(tmp_path, monkeypatch):

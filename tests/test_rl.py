@@ -13,27 +13,22 @@ import torch
 from mlflow.tracking import MlflowClient
 from nle import nethack
 
-from maestro.envs.nethack import caption, make_env
-from maestro.reward.intrinsic import IntrinsicReward, IntrinsicRewardConfig
-from maestro.reward.model import RewardModel, RewardModelConfig
-from maestro.reward.train import PairData, RewardTrainingConfig, train_reward_model
-from maestro.rl.intrinsic_connector import IntrinsicRewardConnector, learner_settings
-from maestro.rl.nethack_module import AgentConfig
-from maestro.rl.train import (
-    EVAL_SEED_OFFSET,
-    EpisodeStats,
-    TrainingConfig,
-    algorithm_config,
-    evaluate_agent,
-    learner_module,
-    restore_checkpoint,
-    train_agent,
-)
-from maestro.store import LocalStore
+from maestro.envs.nethack import EpisodeStats, caption, make_env
+from maestro.methods.motif.agent import AgentConfig
+from maestro.methods.motif.evaluate import EVAL_SEED_OFFSET, evaluate_agent
+from maestro.methods.motif.intrinsic import IntrinsicReward, IntrinsicRewardConfig
+from maestro.methods.motif.intrinsic_connector import IntrinsicRewardConnector, learner_settings
+from maestro.methods.motif.reward_model import RewardModel, RewardModelConfig
+from maestro.methods.motif.reward_training import PairData, RewardTrainingConfig, train_reward_model
+from maestro.methods.motif.train import ALGORITHM, TrainingConfig, algorithm_config, train_agent
+from maestro.rl.algorithm import learner_module
+from maestro.rl.checkpoints import restore_algorithm
+from maestro.run import progress_bar
 from maestro.tracking import Tracker
 
-# Ray (and RLlib) are imported in the tests, after maestro.rl: it settles Ray's
-# authentication mode, which Ray reads once, when first imported.
+# Ray (and RLlib) are imported in the tests, after maestro.methods.motif, which imports
+# maestro.rl first: it settles Ray's authentication mode, which Ray reads once, when first
+# imported.
 
 # The caption the test reward model likes: NetHack's answer to `>` off a staircase, which a
 # policy can produce at will (a random one does in about 3% of steps).
@@ -249,7 +244,7 @@ def test_module_acts_and_evaluation_measures_match_the_games(use_lstm):
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
 
-    from maestro.rl.nethack_module import NetHackRLModule, module_spec
+    from maestro.methods.motif.agent import NetHackRLModule, module_spec
 
     env = make_env("score")
     spec = module_spec(AgentConfig(use_lstm=use_lstm), rollout_fragment_length=16)
@@ -327,12 +322,33 @@ def test_episode_stats_report_the_tasks_success():
 # ---------------------------------------------------------------- training
 
 
+class OneTrial:
+    """The trial side of `train_agent` outside Tune (which `maestro run` puts it in):
+    metrics to a real MLflow run, its last checkpoint kept here."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self.state = None
+
+    def log(self, metrics, step):
+        self.tracker.log_metrics(metrics, step)
+
+    def checkpoint(self, state):
+        self.state = state
+
+    def restore(self):
+        return None
+
+    def progress(self, total, desc, unit="it"):
+        return progress_bar(total, desc, unit)
+
+
 def test_training_with_the_intrinsic_reward_raises_it(
-    reward_model, local_ray, mlflow_server, tmp_path, monkeypatch
+    reward_model, local_ray, mlflow_server, monkeypatch
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     tracker = Tracker.start("maestro-test-rl", "learns", params={}, tags={})
-    store = LocalStore(tmp_path / "store")
+    trial = OneTrial(tracker)
     config = TrainingConfig(
         algorithm="appo",
         env_steps=12_000,
@@ -354,9 +370,7 @@ def test_training_with_the_intrinsic_reward_raises_it(
     result = train_agent(
         "score",
         config,
-        tracker=tracker,
-        store=store,
-        prefix="runs/motif/learns",
+        trial=trial,
         seed=0,
         run_name="learns",
         reward_model=reward_model,
@@ -394,12 +408,13 @@ def test_training_with_the_intrinsic_reward_raises_it(
     assert 0 < result.eval["eval/distinct_messages"] <= max(train_distinct) + 5
     assert result.eval["eval/depth"] >= 1
 
-    # The stored checkpoint is the trained agent: restored into a fresh algorithm, it
-    # plays the evaluation games exactly as the run did.
+    # The last checkpoint is the trained agent: restored into a fresh algorithm, it plays
+    # the evaluation games exactly as the run did.
+    assert trial.state["loop"]["env_steps"] == result.env_steps
     settings = learner_settings(reward_model, 1.0, 0.0, 0.0)
     algo = algorithm_config("score", config, seed=0, epoch=1, settings=settings).build_algo()
     try:
-        restore_checkpoint(algo, store, "runs/motif/learns")
+        restore_algorithm(algo, trial.state[ALGORITHM])
         replayed = evaluate_agent(
             learner_module(algo), "score", 4, seed=EVAL_SEED_OFFSET, max_episode_steps=100
         )

@@ -19,7 +19,9 @@ def test_preset_and_overrides_apply_with_types():
     spec = load_spec(LQG, preset="full", overrides=["config.rounds=300", "config.lqg.gamma=0.9"])
     assert spec.method == "randomist"
     assert spec.config.rounds == 300  # the override wins over the preset
-    assert spec.config.num_seeds == 50  # from the full preset
+    assert spec.trials.seeds == 50  # from the full preset
+    assert spec.seeds()[:3] == [0, 1, 2]
+    assert spec.arm_names() == ["randomist", "optimist", "ucb1", "phe", "thompson"]
     assert spec.config.lqg.gamma == 0.9
     assert spec.preset == "full"
     flat = flatten(spec.resolved())
@@ -66,7 +68,13 @@ BAD_CASES = [
     ("method: randomist\nconfig: {roundz: 5}\n", [], ["config.roundz", "unknown key"]),
     ("method: randomist\nconfig: {rounds: many}\n", [], ["config.rounds", "integer", "many"]),
     ("method: randomist\nconfig: {rounds: -3}\n", [], ["config.rounds", "greater than"]),
-    ("method: randomist\nconfig: {algorithms: [ucb2]}\n", [], ["config.algorithms.0", "ucb2"]),
+    ("method: randomist\nconfig: {algorithm: ucb2}\n", [], ["config.algorithm", "ucb2"]),
+    (
+        "method: randomist\ntrials: {arms: {a: {algorithm: ucb2}}}\n",
+        [],
+        ["trials.arms.a.algorithm", "ucb2"],
+    ),
+    ("method: randomist\ntrials: {seeds: 0}\n", [], ["trials.seeds"]),
     ("method: randomist\nconfig: {theta_min: 1, theta_max: 0}\n", [], ["theta_min"]),
     ("method: randomist\nresources: {num_cpus: 0}\n", [], ["resources.num_cpus"]),
     ("method: randomist\ntracking: {enabled: sometimes}\n", [], ["tracking.enabled"]),

@@ -134,14 +134,14 @@ def test_submitted_job_runs_streams_logs_and_returns_its_status(token_cluster, t
         "--set",
         "config.rounds=300",
         "--set",
-        "config.num_seeds=2",
+        "trials.seeds=2",
         "--set",
-        "config.algorithms=[randomist, ucb1]",
+        "trials.arms={randomist: {algorithm: randomist}, ucb1: {algorithm: ucb1}}",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "submitted job" in out
-    assert "randomist runs" in out  # the job's own progress, streamed back
+    assert "run lqg-smoke-" in out  # the job's own progress, streamed back
     assert "final_regret/ucb1" in out
     assert "SUCCEEDED" in out
     (state_file,) = store.glob("runs/randomist/*/run.json")
@@ -159,7 +159,7 @@ def test_submit_to_a_just_started_cluster_on_a_loaded_machine_waits_for_the_job_
     with cpu_load(2), token_cluster_at(tmp_path / "home") as (address, _, env):
         env = {**env, "MAESTRO_STORE": str(tmp_path / "store")}
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlruns.db"
-        done = submit(env, address, "--set", "config.rounds=50", "--set", "config.num_seeds=1")
+        done = submit(env, address, "--set", "config.rounds=50", "--set", "trials.seeds=1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SUCCEEDED" in done.stdout
     assert "No available agent" not in done.stdout + done.stderr

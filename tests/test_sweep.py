@@ -1,9 +1,9 @@
-"""Sweeps on a local Ray cluster with Tune and MLflow, on the real RANDOMIST trainable.
+"""Runs and sweeps on a local Ray cluster with Tune and MLflow, on the real RANDOMIST trial.
 
-Every sweep here uses `jobs/randomist/sweep.yaml` with tiny `rounds`, so a trial takes a
-fraction of a second; runs are read back with the MLflow client from a sqlite database in
-the test's own folder. One Ray cluster (2 CPUs) serves the module: in-process sweeps use
-it, and the driver that gets killed joins it from a subprocess.
+Every experiment here uses `jobs/randomist/sweep.yaml` or `lqg.yaml` with tiny `rounds`, so
+a trial takes a fraction of a second; runs are read back with the MLflow client from a
+sqlite database in the test's own folder. One Ray cluster (2 CPUs) serves the module:
+in-process experiments use it, and the driver that gets killed joins it from a subprocess.
 """
 
 from __future__ import annotations
@@ -21,20 +21,24 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from maestro.cli import main
-from maestro.methods.randomist import RandomistConfig, arm_values, simulate
-from maestro.spec import SpecError, load_spec
-from maestro.sweep import apply_params, flatten_space, load_sweep, run_sweep
+from maestro.methods.randomist.bandit import BanditState, arm_values, simulate
+from maestro.methods.randomist.config import RandomistConfig
+from maestro.run import Experiment, run_experiment, start_parent
+from maestro.spec import SpecError, apply_params, load_spec, trial_data
+from maestro.sweep.spec import flatten_space, load_sweep
 
 from .conftest import REPO
 
 SPEC = REPO / "jobs" / "randomist" / "sweep.yaml"
-# Two reports per trial (rounds 20 and 40).
+LQG = REPO / "jobs" / "randomist" / "lqg.yaml"
+# Two reports per trial (rounds 20 and 40), a checkpoint with each.
 TINY = [
     "config.rounds=40",
     "config.log_every=20",
+    "config.checkpoint_every=20",
     "config.value_samples=1000",
-    "sweep.max_concurrent=2",
-    "sweep.resources.cpus=1",
+    "trials.max_concurrent=2",
+    "trials.cpus=1",
 ]
 
 
@@ -59,9 +63,9 @@ def children(client, parent_run_id: str) -> list:
 
 def tiny_sweep(tmp_path: Path, trials: int, *overrides: str):
     """Run a tiny sweep that must make `trials` trials, none errored: its result and runs."""
-    result = run_sweep(tiny_spec(tmp_path, *overrides))
-    assert result.trials == trials and result.errored == 0
-    return result, children(mlflow_client(tmp_path), result.parent_run_id)
+    result = run_experiment(tiny_spec(tmp_path, *overrides), "sweep")
+    assert result.summary["trials"] == trials and result.summary["errored"] == 0
+    return result, children(mlflow_client(tmp_path), result.mlflow_run_id)
 
 
 def histories(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -106,8 +110,8 @@ def tracking(tmp_path, monkeypatch):
 
 
 def test_space_keys_nest_or_dot_and_apply_to_the_spec():
-    flat = flatten_space({"config": {"exploration": {"grid": [1, 2]}}, "seed": {"randint": [0, 9]}})
-    assert flat == {"config.exploration": {"grid": [1, 2]}, "seed": {"randint": [0, 9]}}
+    flat = flatten_space({"config": {"exploration": {"grid": [1, 2]}}, "x": {"randint": [0, 9]}})
+    assert flat == {"config.exploration": {"grid": [1, 2]}, "x": {"randint": [0, 9]}}
     assert flatten_space({"config.lqg.noise_std": {"uniform": [0, 1]}}) == {
         "config.lqg.noise_std": {"uniform": [0, 1]}
     }
@@ -118,10 +122,21 @@ def test_space_keys_nest_or_dot_and_apply_to_the_spec():
     assert trial == {"seed": 3, "config": {"exploration": 0.3, "lqg": {"horizon": 5}}}
     assert base["config"]["lqg"]["horizon"] == 10  # the base is not changed
 
-    plan = load_sweep(load_spec(SPEC, preset="smoke"))
-    assert sorted(plan.sweep.space) == ["config.algorithms", "config.exploration", "seed"]
-    assert plan.sweep.expected_trials() == 5 * 3 * 3
-    assert plan.prefix == f"sweeps/randomist/{plan.name}"
+    spec = load_spec(SPEC, preset="smoke")
+    sweep = load_sweep(spec)
+    assert sorted(sweep.space) == ["config.algorithm", "config.exploration"]
+    experiment = Experiment(spec, "sweep", spec.run_name(), sweep)
+    assert experiment.total_trials() == 5 * 3 * 3  # algorithms x exploration values x seeds
+    assert experiment.prefix == f"sweeps/randomist/{spec.run_name()}"
+    # A trial's spec: its arm's overlay, its seed, its swept values; nothing else.
+    lqg = load_spec(LQG, preset="smoke").resolved()
+    params = {"arm": "ucb1", "seed": 3, "config.exploration": 1.0}
+    trial = trial_data(lqg, params)
+    assert trial["seed"] == 3
+    assert trial["config"]["algorithm"] == "ucb1" and trial["config"]["exploration"] == 1.0
+    assert {k: v for k, v in trial.items() if k not in ("seed", "config")} == {
+        k: v for k, v in lqg.items() if k not in ("seed", "config")
+    }
 
 
 @pytest.mark.parametrize(
@@ -131,7 +146,9 @@ def test_space_keys_nest_or_dot_and_apply_to_the_spec():
         ("sweep.space.config.exploration={loguniform: [0, 1]}", "loguniform needs low > 0"),
         ("sweep.space.config.exploraton={grid: [1]}", "config.exploraton: unknown key"),
         ("sweep.space.config.exploration={grid: [-1, 1]}", "value -1: config.exploration"),
-        ("sweep.space.resources.num_cpus={grid: [1]}", "only `seed` and `config.<field>`"),
+        ("sweep.space.resources.num_cpus={grid: [1]}", "only `config.<field>`"),
+        ("sweep.space.seed={grid: [1, 2]}", "seeds: trials.seeds"),
+        ("sweep.search=random", "trials.seeds and trials.arms must be single"),
         ("sweep.space.config.exploration={uniform: [0, 1]}", "search grid takes grid or choice"),
         ("sweep.mode=maximise", "sweep.mode"),
         ("sweep.scheduler=hyperband", "sweep.scheduler"),
@@ -150,80 +167,81 @@ def test_bad_sweep_blocks_are_one_line_errors(override, message, tracking, capsy
 # ---------------------------------------------------------------- kill the driver, resume
 
 
+# 3 reports per trial, a checkpoint with each; a RANDOMIST or OPTIMIST trial takes seconds,
+# most of it after its first checkpoint.
+LONGER = ["config.rounds=6000", "config.log_every=2000", "config.checkpoint_every=2000"]
+
+
 def resume_command(tmp_path: Path) -> list[str]:
-    """`maestro sweep` arguments of the sweep that gets killed: 5 algorithms x 2
-    exploration values x 3 seeds = 30 trials of 3 reports each."""
-    overrides = [*TINY, "config.rounds=60", f"store.uri={tmp_path / 'store'}"]
-    # A checkpoint with every report, so killed trials restart from one.
-    overrides += ["sweep.checkpoint_seconds=0"]
-    overrides += ["sweep.space.config.exploration={grid: [0.1, 1.0]}"]
-    overrides += ["sweep.space.seed={grid: [0, 1, 2]}"]
-    return ["sweep", str(SPEC), "--preset", "smoke", *[f"--set={item}" for item in overrides]]
+    """`maestro run` arguments of the run that gets killed: 5 algorithms x 6 seeds = 30
+    trials."""
+    overrides = [*TINY, *LONGER, "trials.seeds=6", f"store.uri={tmp_path / 'store'}"]
+    return ["run", str(LQG), "--preset", "smoke", *[f"--set={item}" for item in overrides]]
 
 
-def sweep_process(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
+def driver_process(tmp_path: Path, address: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "maestro", *resume_command(tmp_path)]
     env = {
         **os.environ,
         "RAY_ADDRESS": address,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+        "TUNE_GLOBAL_CHECKPOINT_S": "0.5",  # Tune saves its experiment state twice a second
     }
     log = tmp_path / f"driver{len(list(tmp_path.glob('driver*')))}.log"
     with open(log, "wb") as output:
         return subprocess.Popen(
-            [*command, *extra],
-            cwd=tmp_path,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
+            command, cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
+        )  # fmt: skip
 
 
-def test_killed_sweep_resumes_into_the_same_runs(ray_cluster, tmp_path, capsys):
+def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path):
     total = 30
-    driver = sweep_process(tmp_path, ray_cluster)
+    driver = driver_process(tmp_path, ray_cluster)
     client = None
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.5)
-        states = list((tmp_path / "store" / "sweeps" / "randomist").glob("*/sweep.json"))
+        states = list((tmp_path / "store" / "runs" / "randomist").glob("*/run.json"))
         if not states:
             continue
-        parent_id = json.loads(states[0].read_text())["parent_run_id"]
+        parent_id = json.loads(states[0].read_text())["mlflow_run_id"]
         client = client or mlflow_client(tmp_path)
         try:
             runs = children(client, parent_id)
         except MlflowException:  # the driver held the database's write lock too long
             continue
-        # Kill with trials in flight (runs exist that have not finished), at once: a trial
-        # takes about a second, so the ones seen running are still running at the kill.
-        # The driver is not frozen for the read: frozen, it can hold sqlite's write lock.
+        # Kill with trials in flight, one of them past a checkpoint (each report carries
+        # one) and a second later, when Tune has saved a state that holds it: the ones
+        # seen running are still running at the kill. The driver is not frozen for the
+        # read: frozen, it can hold sqlite's write lock.
         finished = sum(r.info.status == "FINISHED" for r in runs)
-        if finished >= 10 and finished < len(runs):
+        checkpointed = [r for r in runs if r.info.status != "FINISHED" and r.data.metrics]
+        if finished >= 10 and checkpointed:
+            time.sleep(1.0)
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started
             driver.wait()
             break
     assert driver.returncode == -signal.SIGKILL, (tmp_path / "driver0.log").read_text()[-3000:]
 
-    before = {r.data.tags["maestro.sweep.trial"]: r for r in children(client, parent_id)}
+    before = {r.data.tags["maestro.trial"]: r for r in children(client, parent_id)}
     finished_before = {name: r for name, r in before.items() if r.info.status == "FINISHED"}
     unfinished_before = {name: r for name, r in before.items() if r.info.status != "FINISHED"}
     assert 10 <= len(finished_before) < total
     assert len(before) < total
 
-    # Without --resume the sweep refuses to start over (before Ray or MLflow start).
-    assert main(resume_command(tmp_path)) == 2
-    assert "continue it with --resume" in capsys.readouterr().err
-
-    resumed = sweep_process(tmp_path, ray_cluster, "--resume")
+    resumed = driver_process(tmp_path, ray_cluster)
     assert resumed.wait(timeout=300) == 0, (tmp_path / "driver1.log").read_text()[-3000:]
 
     after = children(client, parent_id)
-    names = Counter(r.data.tags["maestro.sweep.trial"] for r in after)
+    names = Counter(r.data.tags["maestro.trial"] for r in after)
     assert len(after) == total and len(names) == total  # one run per trial, no duplicates
     assert all(r.info.status == "FINISHED" for r in after)
-    by_name = {r.data.tags["maestro.sweep.trial"]: r for r in after}
+    by_name = {r.data.tags["maestro.trial"]: r for r in after}
+    assert {(r.data.tags["arm"], r.data.tags["seed"]) for r in after} == {
+        (arm, str(seed)) for arm in ("randomist", "optimist", "ucb1", "phe", "thompson")
+        for seed in range(6)
+    }  # fmt: skip
     for name, run in finished_before.items():
         # Finished trials were not rerun: same run, untouched since.
         assert by_name[name].info.run_id == run.info.run_id
@@ -232,47 +250,53 @@ def test_killed_sweep_resumes_into_the_same_runs(ray_cluster, tmp_path, capsys):
         assert by_name[name].info.run_id == run.info.run_id  # continued, not replaced
     for run in after:
         steps = [step for step, _ in histories(client, run.info.run_id, "regret")]
-        assert steps == [20, 40, 60], (run.data.tags["maestro.sweep.trial"], steps)
-    # A resumed trial's curve is the one an uninterrupted run of its config draws.
-    base = load_spec(SPEC, preset="smoke", overrides=[*TINY, "config.rounds=60"]).resolved()
+        assert steps == [2000, 4000, 6000], (run.data.tags["maestro.trial"], steps)
+    # A resumed trial's curve is the one an uninterrupted run of its config draws, and
+    # some went on from a checkpoint rather than from round 0.
+    base = load_spec(LQG, preset="smoke", overrides=[*TINY, *LONGER]).resolved()
     assert unfinished_before  # the kill landed with trials in flight
+    restored = 0
     for name in unfinished_before:
         run = by_name[name]
-        trial = apply_params(base, json.loads(run.data.tags["maestro.sweep.params"]))
+        trial = trial_data(base, json.loads(run.data.tags["maestro.trial.params"]))
         cfg = RandomistConfig.model_validate(trial["config"])
-        (algorithm,) = cfg.algorithms
-        curve = list(simulate(cfg, algorithm, trial["seed"], arm_values(cfg)))
-        expected = [(t, curve[t - 1]) for t in (20, 40, 60)]
+        curve = list(simulate(cfg, BanditState.start(cfg, trial["seed"]), arm_values(cfg)))
+        expected = [(t, curve[t - 1]) for t in (2000, 4000, 6000)]
         assert_curve(histories(client, run.info.run_id, "regret"), expected)
+        restored += "resumed_at_step" in client.get_run(run.info.run_id).data.metrics
+    assert restored >= 1
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["sweep/trials"] == total
-    assert parent.data.metrics["sweep/errored"] == 0
+    assert parent.data.metrics["trials/trials"] == total
+    assert parent.data.metrics["trials/errored"] == 0
+    assert parent.data.metrics["summary/final_regret/ucb1"] > 0
 
 
 def test_a_trial_restarted_from_its_own_checkpoint_continues_its_curve(ray_cluster, tracking):
-    """A trial whose checkpoints Tune never holds (a Motif agent's live in the store) is
-    restarted by a resumed sweep from Tune iteration 1 while its step metric goes on from
-    its own checkpoint: the resumed driver's callback logs every new step into the same run
-    and skips only the steps already there."""
+    """A trial whose last checkpoint Tune does not hold (its experiment state was saved
+    before it; the store has it) is restarted by a resumed experiment from Tune iteration 1
+    while its step goes on from that checkpoint: the resumed driver's callback logs every
+    new step into the same run and skips only the steps already there."""
     from ray import tune
     from ray.tune.experiment import Trial
 
-    from maestro.sweep import SweepTracking, start_parent
+    from maestro.store import open_store
+    from maestro.sweep.tracking import TrialTracking
 
-    plan = load_sweep(tiny_spec(tracking))
-    parent = start_parent(plan, None, str(tracking / "tune"))
+    spec = tiny_spec(tracking)
+    experiment = Experiment(spec, "sweep", spec.run_name(), load_sweep(spec))
+    parent = start_parent(experiment, None, open_store(spec.store.uri))
     tune.register_trainable("restarted", lambda config: None)
-    params = {"config.algorithms": ["ucb1"], "config.exploration": 0.3, "seed": 0}
+    params = {"arm": "default", "seed": 0, "config.algorithm": "ucb1", "config.exploration": 0.3}
     trial = Trial("restarted", config=params, experiment_tag="0_seed=0", trial_id="t0")
 
     def driver(reports: list[tuple[int, int]]) -> None:
-        """One sweep driver's callback seeing the trial report (iteration, rounds)."""
-        callback = SweepTracking(plan, parent.run_id)
+        """One driver's callback seeing the trial report (iteration, rounds)."""
+        callback = TrialTracking(experiment, parent.run_id)
         callback.setup()
         callback.on_trial_start(0, [trial], trial)
         for iteration, rounds in reports:
-            result = {"training_iteration": iteration, "rounds": rounds, "regret": rounds / 10}
+            result = {"training_iteration": iteration, "step": rounds, "regret": rounds / 10}
             callback.on_trial_result(0, [trial], trial, result)
         callback.get_state()  # Tune saves its state: everything reaches MLflow
 
@@ -290,37 +314,39 @@ def test_a_trial_restarted_from_its_own_checkpoint_continues_its_curve(ray_clust
 def test_two_hundred_trials_one_child_run_each(ray_cluster, tracking):
     spec = tiny_spec(
         tracking,
-        "sweep.space.seed={grid: [0, 1, 2, 3, 4, 5, 6, 7]}",
+        "trials.seeds=8",
         "sweep.space.config.exploration={grid: [0.03, 0.1, 0.3, 1.0, 3.0]}",
     )
     started = time.monotonic()
-    result = run_sweep(spec)
+    result = run_experiment(spec, "sweep")
     elapsed = time.monotonic() - started
-    assert result.trials == 200 and result.errored == 0 and result.stopped_early == 0
+    summary = result.summary
+    assert summary["trials"] == 200 and summary["errored"] == 0
+    assert summary["stopped_early"] == 0
     print(f"200 trials in {elapsed:.1f} s")
 
     client = mlflow_client(tracking)
-    parent = client.get_run(result.parent_run_id)
+    parent = client.get_run(result.mlflow_run_id)
     assert parent.data.tags["maestro.kind"] == "sweep"
-    runs = children(client, result.parent_run_id)
+    runs = children(client, result.mlflow_run_id)
     assert len(runs) == 200
-    assert len({r.data.tags["maestro.sweep.trial"] for r in runs}) == 200
+    assert len({r.data.tags["maestro.trial"] for r in runs}) == 200
     combos = {
         (
-            r.data.params["config.algorithms"],
+            r.data.params["config.algorithm"],
             r.data.params["config.exploration"],
-            r.data.params["seed"],
+            r.data.tags["seed"],
         )
         for r in runs
     }
-    assert len(combos) == 200  # every grid point once
+    assert len(combos) == 200  # every grid point and seed once
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.tags["maestro.trial.outcome"] == "completed"
         assert run.data.params["config.rounds"] == "40"
-        assert run.data.metrics["rounds"] == 40
-        (algorithm,) = json.loads(run.data.params["config.algorithms"])
-        assert run.data.metrics[f"regret/{algorithm}"] == run.data.metrics["regret"]
+        assert run.data.params["seed"] == run.data.tags["seed"]
+        assert run.data.metrics["step"] == 40
+        assert run.data.metrics["final_regret"] == run.data.metrics["regret"]
     sample = runs[0]
     curve = histories(client, sample.info.run_id, "regret")
     assert [step for step, _ in curve] == [20, 40]  # rounds as the step
@@ -329,14 +355,14 @@ def test_two_hundred_trials_one_child_run_each(ray_cluster, tracking):
     # The parent summarises the best trials, which are the lowest final regrets.
     lowest = min(r.data.metrics["regret"] for r in runs)
     assert parent.data.metrics["best/regret"] == pytest.approx(lowest)
-    assert result.best[0]["regret"] == pytest.approx(lowest)
-    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")}
+    assert summary["best"][0]["regret"] == pytest.approx(lowest)
+    artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "sweep")}
     assert artifacts == {"sweep/best_trials.json", "sweep/trials.json"}
 
     # Running the finished sweep again reports it and starts nothing.
-    again = run_sweep(spec)
-    assert again.already_finished and again.parent_run_id == result.parent_run_id
-    assert len(children(client, result.parent_run_id)) == 200
+    again = run_experiment(spec, "sweep")
+    assert again.already_finished and again.mlflow_run_id == result.mlflow_run_id
+    assert len(children(client, result.mlflow_run_id)) == 200
 
 
 # ---------------------------------------------------------------- schedulers
@@ -351,9 +377,9 @@ def test_asha_stops_the_over_exploring_trials_early(ray_cluster, tracking):
         12,
         "config.rounds=100",
         "config.log_every=10",
-        "sweep.space.config.algorithms={grid: [[optimist]]}",
+        "trials.seeds=2",
+        "sweep.space.config.algorithm={grid: [optimist]}",
         "sweep.space.config.exploration={grid: [0.01, 0.03, 0.1, 10.0, 30.0, 100.0]}",
-        "sweep.space.seed={grid: [0, 1]}",
         "sweep.scheduler={type: asha, max_t: 10, grace_period: 2, reduction_factor: 3}",
     )
     client = mlflow_client(tracking)
@@ -373,26 +399,27 @@ def test_asha_stops_the_over_exploring_trials_early(ray_cluster, tracking):
             )
     completed = [e for e, outcomes in reports.items() for s, o in outcomes if o == "completed"]
     assert completed and max(completed) <= 0.1
-    assert result.stopped_early >= 6
-    assert result.best[0]["params"]["config.exploration"] <= 0.1
+    assert result.summary["stopped_early"] >= 6
+    assert result.summary["best"][0]["params"]["config.exploration"] <= 0.1
 
 
-def test_pbt_records_changed_hyperparameters_as_metrics_and_tags(ray_cluster, tracking):
+def test_pbt_exploits_go_on_from_the_copied_state_and_record_the_new_values(ray_cluster, tracking):
     result, runs = tiny_sweep(
         tracking,
         4,
         "config.rounds=100",
         "config.log_every=10",
+        "config.checkpoint_every=10",
+        "trials.seeds=1",
         "sweep.search=random",
-        "sweep.space={config: {algorithms: {grid: [[optimist]]}, "
-        "exploration: {choice: [0.03, 3.0]}}}",
+        "sweep.space={config: {algorithm: {grid: [optimist]}, exploration: {choice: [0.03, 3.0]}}}",
         "sweep.num_samples=4",
         "sweep.scheduler={type: pbt, perturbation_interval: 2, "
         "mutations: {config.exploration: {choice: [0.03, 0.3, 3.0]}}}",
     )
     client = mlflow_client(tracking)
     assert len(runs) == 4
-    perturbed = 0
+    perturbed = falls = 0
     for run in runs:
         history = histories(client, run.info.run_id, "hp/config.exploration")
         assert history and history[0][0] == 10  # the first value, at the first report
@@ -402,14 +429,19 @@ def test_pbt_records_changed_hyperparameters_as_metrics_and_tags(ray_cluster, tr
         assert changes == len(values) - 1
         assert float(run.data.tags["maestro.hp.config.exploration"]) == values[-1]
         perturbed += changes
+        # Cumulative regret never falls within one history: where it does, the trial went
+        # on from a better trial's copied checkpoint (its history and its lower regret).
+        regret = [value for _, value in histories(client, run.info.run_id, "regret")]
+        falls += any(later < earlier for earlier, later in zip(regret, regret[1:], strict=False))
     assert perturbed >= 1
+    assert falls >= 1
 
 
 # ---------------------------------------------------------------- Optuna, with Tune's state on S3
 
 
 def test_optuna_search_with_tune_state_and_checkpoints_on_s3(ray_cluster, tracking, s3_env):
-    from maestro.sweep import tune_storage
+    from maestro.sweep.driver import tune_storage
 
     path, filesystem = tune_storage(f"s3://{s3_env.bucket}/tune")
     assert path == f"{s3_env.bucket}/tune"
@@ -419,20 +451,19 @@ def test_optuna_search_with_tune_state_and_checkpoints_on_s3(ray_cluster, tracki
         tracking,
         4,
         f"sweep.storage=s3://{s3_env.bucket}/tune",
-        "sweep.checkpoint_seconds=0",
         "sweep.search=optuna",
         "sweep.num_samples=4",
-        "config.algorithms=[optimist]",
-        "sweep.space={config: {exploration: {loguniform: [0.01, 10.0]}}, seed: {choice: [0, 1]}}",
+        "trials.seeds=1",
+        "config.algorithm=optimist",
+        "sweep.space={config: {exploration: {loguniform: [0.01, 10.0]}}}",
     )
-    assert result.tune_path == f"s3://{s3_env.bucket}/tune/{result.name}"
     values = sorted(float(r.data.params["config.exploration"]) for r in runs)
     assert len(set(values)) == 4 and values[0] >= 0.01 and values[-1] <= 10.0
-    assert {r.data.params["seed"] for r in runs} <= {"0", "1"}
+    assert {r.data.params["seed"] for r in runs} == {"0"}
 
     listing = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="tune/")
     keys = [item["Key"] for item in listing.get("Contents", [])]
-    prefix = f"tune/{result.name}/"
+    prefix = f"tune/{result.run_name}/"
     assert any(k.startswith(prefix) and "experiment_state" in k for k in keys)
     checkpoints = {k.split("/")[2] for k in keys if k.endswith("/state.json")}
     assert len(checkpoints) == 4  # each trial's checkpoints are in the bucket

@@ -1,13 +1,15 @@
 """End to end through real servers: `maestro run` of the RANDOMIST smoke spec against an
-MLflow server process (artifacts on S3) with the Maestro store on S3, read back through the
-MLflow client and boto3; then a run killed mid-way and resumed. Then, on sqlite: where
-artifacts go, the experiments' kind tag, the reward model as a logged model, and the lines
-that end `maestro run` and `maestro sweep`."""
+MLflow server process (artifacts on S3) with the Maestro store (and Tune's state) on S3,
+read back through the MLflow client and boto3: the experiment's parent run and one child
+run per trial; then a run killed mid-way and resumed. Then, on sqlite: where artifacts go,
+the experiments' kind tag, the reward model as a logged model, and the lines that end
+`maestro run` and `maestro sweep`."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from .conftest import REPO, S3_SECRET
 
 LQG = str(REPO / "jobs" / "randomist" / "lqg.yaml")
 SWEEP = str(REPO / "jobs" / "randomist" / "sweep.yaml")
+ARMS = ("randomist", "optimist", "ucb1", "phe", "thompson")  # lqg.yaml's, one algorithm each
 
 
 def maestro_env(s3_server, mlflow_server, store_prefix: str) -> dict[str, str]:
@@ -46,17 +49,47 @@ def maestro_run(env: dict[str, str], *options: str) -> subprocess.CompletedProce
     )
 
 
-def run_state(s3_server, store_prefix: str) -> dict:
-    client = s3_server.client()
+def store_objects(s3_server, store_prefix: str) -> dict[str, object]:
+    """Key -> last-modified time of every object in the store (all pages)."""
+    pages = s3_server.client().get_paginator("list_objects_v2")
+    return {
+        item["Key"]: item["LastModified"]
+        for page in pages.paginate(Bucket=s3_server.bucket, Prefix=f"{store_prefix}/")
+        for item in page.get("Contents", [])
+    }
+
+
+def run_state(s3_server, store_prefix: str) -> dict | None:
+    """The state (`run.json`) of the one run in the store; None before it is written."""
     keys = [
-        o["Key"]
-        for o in client.list_objects_v2(Bucket=s3_server.bucket, Prefix=store_prefix).get(
-            "Contents", []
-        )
-        if o["Key"].endswith("run.json")
+        key
+        for key in store_objects(s3_server, store_prefix)
+        if re.fullmatch(rf"{store_prefix}/runs/randomist/[^/]+/run\.json", key)
     ]
+    if not keys:
+        return None
     assert len(keys) == 1, keys
-    return json.loads(client.get_object(Bucket=s3_server.bucket, Key=keys[0])["Body"].read())
+    body = s3_server.client().get_object(Bucket=s3_server.bucket, Key=keys[0])["Body"].read()
+    return json.loads(body)
+
+
+def trial_curves(s3_server, store_prefix: str) -> dict[str, object]:
+    """Trial name -> last-modified time of the regret curve it stored when it ended."""
+    found = {}
+    for key, modified in store_objects(s3_server, store_prefix).items():
+        match = re.fullmatch(r".*/trials/(trial_\d+)/regret\.npy", key)
+        if match:
+            found[match.group(1)] = modified
+    return found
+
+
+def trial_runs(client: MlflowClient, parent) -> list:
+    """The experiment's child runs, one per trial."""
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        max_results=1000,
+    )
 
 
 def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
@@ -65,9 +98,11 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
     env = maestro_env(s3_server, mlflow_server, "smoke-store")
     done = maestro_run(env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "randomist runs: 100%" in done.stderr  # progress with throughput was shown
     state = run_state(s3_server, "smoke-store")
-    assert state["status"] == "FINISHED"
+    assert state["status"] == "FINISHED" and state["kind"] == "run"
+    # Progress over the experiment's 50 trials, with throughput, was shown.
+    bar = rf"run {re.escape(state['run_name'])}: 100%.* 50/50 .*(trial/s|s/trial)"
+    assert re.search(bar, done.stderr), done.stderr[-3000:]
 
     client = MlflowClient(mlflow_server.url)
     run = client.get_run(state["mlflow_run_id"])
@@ -75,11 +110,14 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
     params = run.data.params
     assert params["method"] == "randomist"
     assert params["config.rounds"] == "2000"
-    assert params["config.num_seeds"] == "10"
+    assert params["trials.seeds"] == "10"
+    assert params["trials.arms.thompson.algorithm"] == "thompson"
     assert params["config.lqg.horizon"] == "10"
     tags = run.data.tags
     assert tags["maestro.method"] == "randomist"
     assert tags["maestro.preset"] == "smoke"
+    assert tags["maestro.kind"] == "run"
+    assert tags["maestro.step"] == "rounds"
     assert tags["mlflow.source.git.commit"]
     assert tags["maestro.version.ray"] == "2.60.0"
     assert tags["maestro.store"].startswith(f"s3://{s3_server.bucket}/smoke-store/runs/")
@@ -89,16 +127,51 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
     url = f"{mlflow_server.url}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
     assert f"  browse:           {url}" in done.stdout.splitlines()
 
-    # Curves with a real step (the round), 2000 / 50 = 40 points per algorithm.
+    # One child run per trial (arm x seed), each with its own curve at a real step (the
+    # round): 2000 / 50 = 40 points.
+    trials = trial_runs(client, run)
+    assert sorted((t.data.tags["arm"], t.data.tags["seed"]) for t in trials) == sorted(
+        (arm, str(seed)) for arm in ARMS for seed in range(10)
+    )
+    assert len({t.data.tags["maestro.trial"] for t in trials}) == 50
+    for trial in trials:
+        arm, seed = trial.data.tags["arm"], int(trial.data.tags["seed"])
+        assert trial.info.status == "FINISHED"
+        assert trial.info.run_name == f"{arm}-seed{seed}"
+        assert trial.data.tags["maestro.kind"] == "trial"
+        assert trial.data.tags["maestro.experiment"] == state["run_name"]
+        assert trial.data.tags["maestro.trial.outcome"] == "completed"
+        assert json.loads(trial.data.tags["maestro.trial.params"]) == {"arm": arm, "seed": seed}
+        assert trial.data.params["config.algorithm"] == arm
+        assert trial.data.params["seed"] == str(seed)
+        assert trial.data.metrics["step"] == 2000
+    sample = next(t for t in trials if t.data.tags["arm"] == "ucb1")
+    own = sorted((m.step, m.value) for m in client.get_metric_history(sample.info.run_id, "regret"))
+    assert [step for step, _ in own] == list(range(50, 2001, 50))
+    assert own[-1][1] == pytest.approx(sample.data.metrics["final_regret"])
+
+    # The parent's curves: the mean over seeds per arm, at the same steps.
     history = client.get_metric_history(run.info.run_id, "regret/ucb1")
     assert [m.step for m in sorted(history, key=lambda m: m.step)][:3] == [50, 100, 150]
     assert len(history) == 40
+    assert len(client.get_metric_history(run.info.run_id, "regret_band/ucb1")) == 40
     final = {k: v for k, v in run.data.metrics.items() if k.startswith("summary/final_regret/")}
+    assert sorted(final) == sorted(f"summary/final_regret/{arm}" for arm in ARMS)
+    for arm in ARMS:  # each arm's summary is its trials' mean final regret
+        finals = [t.data.metrics["final_regret"] for t in trials if t.data.tags["arm"] == arm]
+        assert final[f"summary/final_regret/{arm}"] == pytest.approx(sum(finals) / len(finals))
+    assert run.data.metrics["trials/trials"] == 50 and run.data.metrics["trials/errored"] == 0
     ucb1 = final["summary/final_regret/ucb1"]
     # The paper's ordering: mediator feedback beats bandit feedback by a wide margin.
     assert final["summary/final_regret/randomist"] < 0.7 * ucb1
     assert final["summary/final_regret/optimist"] < 0.7 * ucb1
     assert sorted(history, key=lambda m: m.step)[-1].value == pytest.approx(ucb1)
+    assert tags["maestro.claim.randomist_below_ucb1"] == "reproduced"
+
+    # Each trial's curve and Tune's state went to the store on S3, beside the run's state.
+    assert len(trial_curves(s3_server, "smoke-store")) == 50
+    prefix = f"smoke-store/runs/randomist/{state['run_name']}/tune/"
+    assert any(k.startswith(prefix) for k in store_objects(s3_server, "smoke-store"))
 
     # Artifacts went through the server into the S3 bucket.
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -114,8 +187,10 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
 
     # No secret reached params, tags, the spec artifact or the output.
     spec_text = client.download_artifacts(run.info.run_id, "spec.yaml", str(tmp_path))
+    trial_values = [v for t in trials for v in (*t.data.params.values(), *t.data.tags.values())]
     everything = " ".join(
-        [*params.values(), *tags.values(), Path(spec_text).read_text(), done.stdout, done.stderr]
+        [*params.values(), *tags.values(), *trial_values]
+        + [Path(spec_text).read_text(), done.stdout, done.stderr]
     )
     assert S3_SECRET not in everything
 
@@ -124,11 +199,13 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
     assert again.returncode == 0
     assert "already finished" in again.stdout
     assert len(client.get_metric_history(run.info.run_id, "regret/ucb1")) == 40
+    assert len(trial_runs(client, run)) == 50
 
 
 def test_killed_run_resumes_into_the_same_mlflow_run(s3_server, mlflow_server):
+    # 5 algorithms x 4 seeds = 20 trials.
     env = maestro_env(s3_server, mlflow_server, "resume-store")
-    options = ["--set", "seed=100", "--set", "config.num_seeds=4", "--set", "config.rounds=3000"]
+    options = ["--set", "seed=100", "--set", "trials.seeds=4", "--set", "config.rounds=3000"]
     process = subprocess.Popen(
         maestro_command(*options),
         env=env,
@@ -137,39 +214,41 @@ def test_killed_run_resumes_into_the_same_mlflow_run(s3_server, mlflow_server):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    client = s3_server.client()
+    mlflow = MlflowClient(mlflow_server.url)
 
-    def curves() -> dict[str, object]:
-        listing = client.list_objects_v2(Bucket=s3_server.bucket, Prefix="resume-store/")
-        return {
-            o["Key"]: o["LastModified"]
-            for o in listing.get("Contents", [])
-            if "/curves/" in o["Key"]
-        }
+    def finished_trials(parent_id: str) -> dict[str, object]:
+        """Trial name -> its child run, of the trials whose runs have FINISHED."""
+        runs = trial_runs(mlflow, mlflow.get_run(parent_id))
+        return {r.data.tags["maestro.trial"]: r for r in runs if r.info.status == "FINISHED"}
 
+    # Killed once three trials have finished (their runs closed in MLflow).
     deadline = time.monotonic() + 300
-    while len(curves()) < 3:
+    while True:
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.2)
+        killed = run_state(s3_server, "resume-store")
+        if killed and len(finished_trials(killed["mlflow_run_id"])) >= 3:
+            break
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    before = curves()
-    assert 3 <= len(before) < 20
+    finished_before = finished_trials(killed["mlflow_run_id"])
+    curves_before = trial_curves(s3_server, "resume-store")
+    assert 3 <= len(finished_before) < 20
+    assert set(finished_before) <= set(curves_before)  # a finished trial stored its curve
     killed = run_state(s3_server, "resume-store")
     assert killed["status"] == "RUNNING"  # killed: nothing got to mark it
 
     done = maestro_run(env, *options)
     assert done.returncode == 0, done.stderr[-3000:]
-    after = curves()
+    after = trial_curves(s3_server, "resume-store")
     assert len(after) == 20
-    for key, modified in before.items():  # finished work was not redone
-        assert after[key] == modified
+    for name in finished_before:  # finished work was not redone
+        assert after[name] == curves_before[name]
     state = run_state(s3_server, "resume-store")
     assert state["status"] == "FINISHED"
     assert state["mlflow_run_id"] == killed["mlflow_run_id"]
 
-    mlflow = MlflowClient(mlflow_server.url)
     runs = mlflow.search_runs(
         [mlflow.get_experiment_by_name("randomist").experiment_id],
         filter_string=f"tags.mlflow.runName = '{state['run_name']}'",
@@ -177,6 +256,23 @@ def test_killed_run_resumes_into_the_same_mlflow_run(s3_server, mlflow_server):
     assert len(runs) == 1  # resumed, not duplicated
     assert runs[0].info.status == "FINISHED"
     assert len(mlflow.get_metric_history(runs[0].info.run_id, "regret/randomist")) == 60
+    # One child run per trial; finished ones untouched, the others continued into their
+    # runs with no point logged twice.
+    trials = trial_runs(mlflow, runs[0])
+    assert len(trials) == 20 and len({t.data.tags["maestro.trial"] for t in trials}) == 20
+    assert sorted((t.data.tags["arm"], t.data.tags["seed"]) for t in trials) == sorted(
+        (arm, str(seed)) for arm in ARMS for seed in range(100, 104)
+    )
+    for trial in trials:
+        assert trial.info.status == "FINISHED"
+        before = finished_before.get(trial.data.tags["maestro.trial"])
+        if before is not None:
+            assert (trial.info.run_id, trial.info.end_time) == (
+                before.info.run_id,
+                before.info.end_time,
+            )
+        steps = sorted(m.step for m in mlflow.get_metric_history(trial.info.run_id, "regret"))
+        assert steps == list(range(50, 3001, 50)), trial.data.tags["maestro.trial"]
 
 
 def test_sqlite_artifacts_go_beside_the_database_and_experiments_open_on_runs(
@@ -235,7 +331,6 @@ def printed(output: str) -> dict[str, str]:
 
 def test_run_and_sweep_end_with_where_to_browse(tmp_path, monkeypatch, capsys):
     from maestro import cli, run
-    from maestro.sweep import SweepResult
 
     database = tmp_path / "mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
@@ -246,8 +341,14 @@ def test_run_and_sweep_end_with_where_to_browse(tmp_path, monkeypatch, capsys):
     run_id = tracker.run_id
 
     # What ran is not the point: the lines after it are.
-    result = run.RunResult("lqg", "runs/randomist/lqg", run_id, {"final_regret/ucb1": 1.5})
-    monkeypatch.setattr(run, "run_experiment", lambda spec, new_run: result)
+    result = run.RunResult("run", "lqg", "runs/randomist/lqg", run_id, {"final_regret/ucb1": 1.5})
+    calls = []
+
+    def run_experiment(spec, kind, new_run):
+        calls.append((spec.source, kind, new_run))
+        return result if kind == "run" else swept
+
+    monkeypatch.setattr(run, "run_experiment", run_experiment)
     assert cli.main(["run", LQG, "--preset", "smoke"]) == 0
     lines = printed(capsys.readouterr().out)
     assert lines["mlflow run id"] == run_id
@@ -257,18 +358,36 @@ def test_run_and_sweep_end_with_where_to_browse(tmp_path, monkeypatch, capsys):
     assert lines["store"] == (tmp_path / "store" / "runs" / "randomist" / "lqg").as_uri()
     assert lines["final_regret/ucb1"] == "1.5"
 
-    swept = SweepResult("lqg-sweep", run_id, str(tmp_path / "store" / "tune"))
-    monkeypatch.setattr(cli, "run_sweep", lambda spec, resume: swept)
-    assert cli.main(["sweep", SWEEP, "--preset", "smoke"]) == 0
-    lines = printed(capsys.readouterr().out)
+    best = {
+        "trial": "trial_00007",
+        "run_id": "abc123",
+        "params": {"arm": "default", "seed": 1, "config.exploration": 0.1},
+        "regret": 2.25,
+    }
+    summary = {"trials": 45, "errored": 0, "stopped_early": 0, "best": [best]}
+    swept = run.RunResult("sweep", "lqg-sweep", "sweeps/randomist/lqg-sweep", run_id, summary)
+    assert cli.main(["sweep", SWEEP, "--preset", "smoke", "--new-run"]) == 0
+    output = capsys.readouterr().out
+    assert output.splitlines()[0] == "sweep lqg-sweep: finished"
+    lines = printed(output)
+    assert lines["mlflow run id"] == run_id
     assert lines["browse"] == f"mlflow ui --backend-store-uri sqlite:///{database}"
-    assert lines["mlflow artifacts"].startswith((tmp_path / "mlartifacts").as_uri())
+    assert lines["mlflow artifacts"] == f"{(tmp_path / 'mlartifacts').as_uri()}/{run_id}/artifacts"
+    assert lines["store"] == (tmp_path / "store" / "sweeps" / "randomist" / "lqg-sweep").as_uri()
+    assert (lines["trials"], lines["errored"], lines["stopped_early"]) == ("45", "0", "0")
+    assert lines["best 1"] == "regret=2.25  arm=default, seed=1, config.exploration=0.1  abc123"
+    assert calls == [(LQG, "run", False), (SWEEP, "sweep", True)]
+
+    # A sweep with errored trials ends with a failing exit status.
+    swept.summary = {**summary, "errored": 2}
+    assert cli.main(["sweep", SWEEP, "--preset", "smoke"]) == 1
+    assert printed(capsys.readouterr().out)["errored"] == "2"
 
     # With tracking off there is nothing to browse, and it says so.
     monkeypatch.setattr(
         run,
         "run_experiment",
-        lambda spec, new_run: SimpleNamespace(**{**vars(result), "mlflow_run_id": None}),
+        lambda spec, kind, new_run: SimpleNamespace(**{**vars(result), "mlflow_run_id": None}),
     )
     assert cli.main(["run", LQG, "--preset", "smoke"]) == 0
     assert printed(capsys.readouterr().out)["mlflow"] == "tracking off"
@@ -278,13 +397,13 @@ def test_motif_reward_model_is_a_logged_model_of_its_run(tmp_path, monkeypatch):
     import mlflow.pyfunc
     import torch
 
-    from maestro.methods.motif import log_reward_model
-    from maestro.reward.model import (
+    from maestro.methods.motif.reward_model import (
         CaptionRewardNet,
         Normalisation,
         RewardModel,
         RewardModelConfig,
     )
+    from maestro.methods.motif.stages import log_reward_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.chdir(tmp_path)

@@ -1,7 +1,7 @@
 """`maestro`: run experiment specs locally, submit them to a Ray cluster, check the setup.
 
-    maestro run SPEC [--preset P] [--set key.path=value ...]
-    maestro sweep SPEC [--preset P] [--set ...] [--resume]
+    maestro run SPEC [--preset P] [--set key.path=value ...] [--new-run]
+    maestro sweep SPEC [--preset P] [--set ...] [--new-run]
     maestro report [SPEC | --run RUN_ID | --experiment NAME] [--metric M] [--output FILE]
     maestro submit SPEC --address http://HEAD:8265 [--preset P] [--set ...] [--no-wait]
     maestro doctor
@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from maestro.errors import RuntimeSetupError
+from maestro.errors import RuntimeSetupError, TrialsFailed
 from maestro.report import ReportError, make_report, write_report
 from maestro.spec import SpecError, load_spec
-from maestro.sweep import SweepStateError, load_sweep, run_sweep
 
 # How long `maestro submit` waits for a just-started head node's job agent.
 JOB_AGENT_WAIT_S = 180.0
@@ -74,15 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run (or resume) an experiment here",
         description="Run an experiment spec with Ray started locally, or on the cluster at "
-        "RAY_ADDRESS. Rerunning the same spec resumes an unfinished run into the same MLflow "
-        "run; a finished one is reported, not repeated.",
+        "RAY_ADDRESS: prepare, every trial of its `trials:` block (arms x seeds) on Ray Tune, "
+        "then the summary and claims. Rerunning the same spec resumes an unfinished run "
+        "into the same MLflow runs; a finished one is reported, not repeated.",
     )
     add_spec_args(run)
-    run.add_argument(
-        "--new-run",
-        action="store_true",
-        help="start a fresh run even if this spec's run exists (named <name>-2, -3, ...)",
-    )
 
     submit = commands.add_parser(
         "submit",
@@ -104,14 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="run the spec's hyperparameter sweep on Ray Tune",
         description="Run the spec's `sweep:` block on Ray Tune (locally, or on the cluster at "
-        "RAY_ADDRESS): one MLflow parent run for the sweep, one child run per trial. An "
-        "interrupted sweep continues with --resume: finished trials are not rerun and "
-        "unfinished ones go on into their own MLflow runs. See docs/sweeps.md.",
+        "RAY_ADDRESS): one MLflow parent run for the sweep, one child run per trial (a point "
+        "and seed). Rerunning the same spec resumes an interrupted sweep: finished trials are "
+        "not rerun and unfinished ones go on into their own MLflow runs. See docs/sweeps.md.",
     )
     add_spec_args(sweep)
-    sweep.add_argument(
-        "--resume", action="store_true", help="continue an interrupted sweep of this spec"
-    )
+    for sub in (run, sweep):
+        sub.add_argument(
+            "--new-run",
+            action="store_true",
+            help="start afresh even if this spec has run (named <name>-2, -3, ...)",
+        )
 
     report = commands.add_parser(
         "report",
@@ -144,12 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `maestro` command."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return command_run(args)
+        if args.command in ("run", "sweep"):
+            return command_experiment(args, args.command)
         if args.command == "submit":
             return command_submit(args)
-        if args.command == "sweep":
-            return command_sweep(args)
         if args.command == "report":
             return command_report(args)
         from maestro.doctor import run_doctor
@@ -161,28 +157,40 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeSetupError as exc:
         print(f"maestro: setup error: {exc}", file=sys.stderr)
         return 2
-    except (SweepStateError, ReportError) as exc:
+    except TrialsFailed as exc:
+        print(f"maestro: {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ReportError as exc:
         print(f"maestro: {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
-def command_run(args: argparse.Namespace) -> int:
-    """`maestro run`."""
+def command_experiment(args: argparse.Namespace, kind: str) -> int:
+    """`maestro run` and `maestro sweep`."""
     spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
     from maestro.run import run_experiment
-
-    result = run_experiment(spec, new_run=args.new_run)
-    state = "already finished" if result.already_finished else "finished"
-    print(f"run {result.run_name}: {state}")
-    print(f"  {'mlflow run id:':<18}{result.mlflow_run_id}")
     from maestro.store import open_store
 
+    try:
+        result = run_experiment(spec, kind, new_run=args.new_run)
+    except KeyboardInterrupt:
+        print(f"{kind} interrupted: run the same command again to continue it")
+        return 130
+    state = "already finished" if result.already_finished else "finished"
+    print(f"{kind} {result.run_name}: {state}")
+    print(f"  {'mlflow run id:':<18}{result.mlflow_run_id}")
     print_location(result.mlflow_run_id, open_store(spec.store.uri).uri(result.prefix))
-    for key, value in sorted(result.summary.items()):
+    summary = dict(result.summary)
+    best = summary.pop("best", [])
+    for key, value in sorted(summary.items()):
         print(f"  {key}: {value:.4g}")
     for line in result.claims:
         print(f"  claim {line}")
-    return 0
+    metric = (spec.sweep or {}).get("metric")
+    for rank, trial in enumerate(best, 1):
+        values = ", ".join(f"{k}={v}" for k, v in trial["params"].items())
+        print(f"  best {rank}: {metric}={trial[metric]:.4g}  {values}  {trial.get('run_id', '')}")
+    return 1 if summary.get("errored") else 0
 
 
 def print_location(run_id: str | None, store_uri: str | None = None) -> None:
@@ -196,28 +204,6 @@ def print_location(run_id: str | None, store_uri: str | None = None) -> None:
         lines["store"] = store_uri
     for label, value in lines.items():
         print(f"  {label + ':':<18}{value}")
-
-
-def command_sweep(args: argparse.Namespace) -> int:
-    """`maestro sweep`."""
-    spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
-    try:
-        result = run_sweep(spec, resume=args.resume)
-    except KeyboardInterrupt:
-        print(f"sweep interrupted: continue it with `maestro sweep {args.spec} --resume`")
-        return 130
-    state = "already finished" if result.already_finished else "finished"
-    print(f"sweep {result.name}: {state}")
-    print(f"  mlflow parent run id: {result.parent_run_id}")
-    print(f"  tune experiment:      {result.tune_path}")
-    print_location(result.parent_run_id)
-    stopped = "" if result.stopped_early is None else f", {result.stopped_early} stopped early"
-    print(f"  trials: {result.trials} ({result.errored} errored{stopped})")
-    metric = spec.sweep["metric"]
-    for rank, trial in enumerate(result.best, 1):
-        values = ", ".join(f"{k}={v}" for k, v in trial["params"].items())
-        print(f"  best {rank}: {metric}={trial[metric]:.4g}  {values}  {trial.get('run_id', '')}")
-    return 1 if result.errored else 0
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -249,15 +235,15 @@ def command_report(args: argparse.Namespace) -> int:
 def spec_run_id(spec) -> str:
     """The MLflow run of a spec that has run: its sweep's parent run if the sweep has
     started, else the run of `maestro run`."""
+    from maestro.run import Experiment
     from maestro.store import open_store
 
     store = open_store(spec.store.uri)
-    states = [(f"runs/{spec.method}/{spec.run_name()}/run.json", "mlflow_run_id")]
-    if spec.sweep is not None:
-        states.insert(0, (load_sweep(spec).state_key, "parent_run_id"))
-    for key, field in states:
+    kinds = ["sweep", "run"] if spec.sweep is not None else ["run"]
+    for kind in kinds:
+        key = f"{Experiment(spec, kind, spec.run_name()).prefix}/run.json"
         if store.exists(key):
-            run_id = store.get_json(key).get(field)
+            run_id = store.get_json(key).get("mlflow_run_id")
             if not run_id:
                 raise ReportError(f"{spec.source}: it ran with tracking off: nothing to report")
             return run_id

@@ -1,13 +1,15 @@
 """Plots and one self-contained HTML page from MLflow runs: a run, a sweep or an experiment.
 
 - A sweep (its parent run): learning curves of the sweep's metric, mean and 95% band over
-  seeds for each setting of the other hyperparameters; the final metric against each
-  hyperparameter; parallel coordinates of every trial; and the best setting of each value
-  of one categorical hyperparameter (the method or algorithm), compared.
+  seeds for each setting of the other hyperparameters (the swept values, and the arm where
+  the spec has several); the final metric against each hyperparameter; parallel
+  coordinates of every trial; and the best setting of each value of one categorical
+  hyperparameter (the arm, method or algorithm), compared.
 - An experiment: the same curves and comparison, grouped by method (or `--compare`).
-- A run: the reproduction table of the paper claims it checked (`maestro.claims`), and
-  each metric family's curves; `<family>_band/<key>` metrics are drawn as bands around
-  `<family>/<key>` (how pipelines log a mean and its confidence over seeds).
+- A run (a `maestro run` experiment's parent run, or one trial's run): the reproduction
+  table of the paper claims it checked (`maestro.claims`), and each metric family's
+  curves; `<family>_band/<key>` metrics are drawn as bands around `<family>/<key>` (how a
+  run's `aggregate` logs a mean and its confidence over seeds).
 
 Each figure is a PNG logged to MLflow under `report/` (on the sweep's parent, the run, or
 a `report` run in the experiment) beside `report/index.html`; the same page is written
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from maestro.claims import ClaimResult
-from maestro.sweep import search_runs
+from maestro.sweep.tracking import search_runs
 from maestro.tracking import (
     Tracker,
     ensure_experiment,
@@ -68,7 +70,7 @@ class RunData:
 
     @property
     def outcome(self) -> str:
-        """How the run ended: a sweep trial's outcome tag, else its MLflow status."""
+        """How the run ended: a trial's outcome tag, else its MLflow status."""
         return self.tags.get("maestro.trial.outcome", self.status.lower())
 
     def setting(self, keys: Iterable[str]) -> tuple:
@@ -112,14 +114,15 @@ def client() -> Any:
 
 
 def run_data(run: Any) -> RunData:
-    """A `RunData` from an MLflow run; a sweep trial's values come from its exact tag."""
+    """A `RunData` from an MLflow run; a trial's coordinates (arm, seed, swept values) come
+    from its exact tag, `maestro.trial.params`."""
     params = {}
     for key, text in run.data.params.items():
         try:
             params[key] = json.loads(text)  # `0.1` -> 0.1, `["a"]` -> ["a"]
         except ValueError:
             params[key] = text
-    params.update(json.loads(run.data.tags.get("maestro.sweep.params", "{}")))
+    params.update(json.loads(run.data.tags.get("maestro.trial.params", "{}")))
     return RunData(
         run_id=run.info.run_id,
         name=run.info.run_name or run.info.run_id,
@@ -207,7 +210,7 @@ def show(value: Any) -> str:
 
 
 def setting_label(keys: list[str], run: RunData) -> str:
-    """`algorithms=ucb1, exploration=0.3`."""
+    """`algorithm=ucb1, exploration=0.3`."""
     return ", ".join(f"{short_key(k)}={show(run.params.get(k))}" for k in keys) or "all runs"
 
 
@@ -419,7 +422,7 @@ def comparison_figure(
     return Figure("comparison", f"Comparison by {short_key(compare)}", caption, render(figure))
 
 
-def run_metric_figures(mlflow: Any, run: RunData) -> list[Figure]:
+def run_metric_figures(mlflow: Any, run: RunData, x_label: str = "step") -> list[Figure]:
     """One figure per metric family of a single run (`regret/a`, `regret/b` together),
     with `<family>_band/<key>` metrics drawn as bands."""
     plt = pyplot()
@@ -448,7 +451,7 @@ def run_metric_figures(mlflow: Any, run: RunData) -> list[Figure]:
             half = np.array([band.get(s, 0.0) for s in steps])
             colour = line.get_color()
             axis.fill_between(steps, values - half, values + half, color=colour, alpha=0.18)
-        step_axis(axis, "step")
+        step_axis(axis, x_label)
         axis.set_ylabel(family)
         axis.set_title(f"{family} ({run.name})")
         axis.grid(alpha=0.3)
@@ -493,12 +496,13 @@ def compare_value(run: RunData, compare: str) -> str:
 def sweep_report(
     mlflow: Any, parent: Any, metric: str | None, mode: str | None, compare: str | None
 ) -> Report:
-    """The report of a sweep, from its parent run."""
+    """The report of a sweep, from its parent run. Its trials' coordinates are the arm, the
+    seed and the swept keys: runs that differ only in their seed are one setting."""
     tags = parent.data.tags
     metric = metric or tags["maestro.sweep.metric"]
     mode = mode or tags["maestro.sweep.mode"]
     space = json.loads(tags["maestro.sweep.space"])
-    x_label = tags.get("maestro.sweep.step_metric", "step")
+    x_label = tags.get("maestro.step", "step")
     runs = [
         run_data(run)
         for run in search_runs(
@@ -509,7 +513,8 @@ def sweep_report(
     if not scored:
         raise ReportError(f"sweep {parent.info.run_name}: no trial reported {metric!r}")
     load_curves(mlflow, scored, metric)
-    varied = [k for k in sorted(space) if len({json.dumps(r.params.get(k)) for r in scored}) > 1]
+    keys = ["arm", *sorted(space), "seed"]
+    varied = [k for k in keys if len({json.dumps(r.params.get(k)) for r in scored}) > 1]
     settings = [k for k in varied if k != "seed"]
     seeds_word = "seeds" if "seed" in varied else "repeats"
     figures = [curves_figure(group_runs(scored, settings), metric, mode, seeds_word, x_label)]
@@ -631,13 +636,28 @@ def claim_row(result: ClaimResult) -> list[str]:
     ]
 
 
+def step_label(mlflow: Any, run: Any) -> str:
+    """What the run's steps count (`maestro.step`: "rounds", "env steps"): the run's own
+    tag (an experiment's parent run), else its parent's (a trial), else "step"."""
+    tags = run.data.tags
+    if "maestro.step" in tags or "mlflow.parentRunId" not in tags:
+        return tags.get("maestro.step", "step")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.get_run(tags["mlflow.parentRunId"]).data.tags.get("maestro.step", "step")
+    except MlflowException:
+        return "step"
+
+
 def run_report(mlflow: Any, run: Any) -> Report:
-    """The report of a single run: its paper claims, metric curves and last values."""
+    """The report of a single run (a `maestro run` experiment's parent run, or a trial's):
+    its paper claims, metric curves and last values."""
     data = run_data(run)
     return Report(
         title=f"Run {data.name}",
         kind="run",
-        figures=run_metric_figures(mlflow, data),
+        figures=run_metric_figures(mlflow, data, step_label(mlflow, run)),
         summary=[("run", data.name), ("run id", data.run_id), ("status", data.status)],
         table_head=["metric (last value)", "value"],
         table_rows=[[key, f"{value:.6g}"] for key, value in sorted(data.metrics.items())],

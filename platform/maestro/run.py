@@ -1,147 +1,387 @@
-"""Running one experiment: the run model shared by every method.
+"""Running an experiment: prepare, then trials, then aggregate (docs/architecture.md).
 
-`run_experiment(spec)` opens the store and the MLflow run, starts or joins Ray, and calls
-the method's pipeline with a `RunContext`. The run's state (`run.json`: MLflow run id,
-status, summary) lives in the store beside its artifacts, under
-`runs/<method>/<run name>/`. Running the same spec again finds that state: an unfinished
-run resumes into the same MLflow run and its stages skip work already stored; a finished
-run is reported, not repeated.
+`run_experiment(spec, kind)` is the spine of `maestro run` (kind "run": every arm x seed
+of the spec's `trials:` block) and of `maestro sweep` (kind "sweep": a Tune search over
+`sweep:`, each point run over the same arms and seeds). In order:
+
+1. The experiment's state (`run.json`: MLflow parent run id, status, resolved spec,
+   summary, claims) is read from the store under `<kind>s/<method>/<name>/`. A finished
+   experiment is reported, not repeated; one started from another spec is refused.
+2. Ray starts (or is joined), and the parent MLflow run is created or reopened.
+3. `method.prepare` runs here, logging to the parent run.
+4. Every trial runs on Ray Tune (`maestro.sweep.driver`) into its own MLflow child run.
+   Rerunning a killed experiment restores Tune's: finished trials are kept, the others go
+   on from their last checkpoint.
+5. The parent run gets the per-arm means of the trials' final metrics and the claims (a
+   run) or the best trials (a sweep), and `method.aggregate`'s plots.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+
+from maestro.errors import TrialsFailed
 from maestro.methods import get_method
 from maestro.runtime import init_ray
 from maestro.spec import ExperimentSpec, SpecError, first_difference, flatten
 from maestro.store import ArtifactStore, open_store
+from maestro.sweep.driver import run_trials, summarise_sweep
+from maestro.sweep.spec import SweepSpec, load_sweep
+from maestro.sweep.tracking import RESUMED_AT, STEP
 from maestro.tracking import Tracker
+
+Kind = Literal["run", "sweep"]
+STATE_FILE = "state.json"  # a checkpoint's JSON entries; bytes entries are files of their own
+
+
+def progress_bar(total: int, desc: str, unit: str = "it") -> Any:
+    """A progress bar (on stderr) showing count and throughput."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=2.0, dynamic_ncols=True
+    )
+
+
+def plain(value: Any) -> Any:
+    """A spec section (a pydantic model) as JSON data; anything else as its text."""
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else str(value)
 
 
 @dataclass
 class RunContext:
-    """What a method's pipeline gets: its spec, where to store things, where to log."""
+    """What `prepare` and `aggregate` get: the spec, the experiment's folder in the store,
+    and its parent MLflow run."""
 
     spec: ExperimentSpec
     store: ArtifactStore
     prefix: str
     tracker: Tracker
-    claims: list[Any] = field(default_factory=list)  # ClaimResults, once checked
 
     @property
     def config(self) -> Any:
-        """The method's validated config."""
+        """The method's validated config (of the spec, before any arm's overlay)."""
         return self.spec.config
 
-    def check_claims(self, seed_scores: dict[str, dict[str, Any]]) -> None:
-        """Check the spec's claims against `seed_scores` (metric -> arm -> one value per
-        seed) and log them; the run reports them when it ends."""
-        from maestro.claims import check_claims, log_claims
+    def key(self, *parts: str) -> str:
+        """A store key inside the experiment's folder."""
+        return "/".join((self.prefix, *parts))
 
-        self.claims = check_claims(self.spec.claims, seed_scores)
-        log_claims(self.tracker, self.claims)
+    def stage_key(self, name: str, inputs: Any) -> str:
+        """The folder of a prepare stage, `<name>-<digest of its inputs>`: everything the
+        stage's result depends on (its spec section, seed, prompt text, model, the keys of
+        earlier stages). A stage finds its stored work under it; a changed input (a new
+        prompt text under the same spec) gives a new folder, so the stage is done again."""
+        text = json.dumps(inputs, sort_keys=True, default=plain)
+        return self.key(f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}")
+
+    def progress(self, total: int, desc: str, unit: str = "it") -> Any:
+        return progress_bar(total, desc, unit)
+
+
+@dataclass
+class TrialContext:
+    """What a trial gets: its own spec (arm overlay, seed and swept values applied), its
+    folder in the store, what `prepare` returned, and its line to Tune."""
+
+    spec: ExperimentSpec
+    arm: str
+    name: str  # `trial_00003`: the trial's place in Tune's order
+    experiment: str  # the experiment's name
+    store: ArtifactStore
+    prefix: str
+    prepared: dict[str, Any] = field(default_factory=dict)
+    carried: str | None = None  # the sweep's metric: in every report once measured
+    latest: float | None = None  # its last value
+    last_step: int = 0
+    pending: dict[str, Any] | None = None  # the state `checkpoint` was last given
+    resumed_at: int | None = None  # the step `restore` went on from, until reported
+
+    @property
+    def config(self) -> Any:
+        """The trial's validated method config."""
+        return self.spec.config
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
 
     def key(self, *parts: str) -> str:
-        """A store key inside this run's folder."""
+        """A store key inside the trial's folder."""
         return "/".join((self.prefix, *parts))
 
     def progress(self, total: int, desc: str, unit: str = "it") -> Any:
-        """A progress bar (on stderr) showing count and throughput."""
-        from tqdm import tqdm
+        return progress_bar(total, f"{self.name} {desc}", unit)
 
-        return tqdm(
-            total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=2.0, dynamic_ncols=True
-        )
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Report `metrics` at `step` (rounds, env steps: the method's `step`) to Tune, with
+        the state last given to `checkpoint`. They reach the trial's MLflow run, the
+        sweep's scheduler and the report."""
+        self.last_step = step
+        self.report({**metrics, STEP: step})
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Keep `state` (JSON values, or bytes for files) as the trial's checkpoint, handed
+        to Tune with the next `log`: call it just before logging the step the state is at.
+        Tune stores it with the experiment (in the store), so a restarted trial, a resumed
+        experiment and a PBT exploit (which copies another trial's) go on from it through
+        `restore`, and log on from that step."""
+        self.pending = state
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state this trial goes on from (its own last checkpoint, or under PBT the one
+        it copied), or None to start fresh. The trial's next report says where it went on
+        from (`resumed_at_step`)."""
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            saved = json.loads((Path(folder) / STATE_FILE).read_text())
+            state = saved["state"]
+            for path in Path(folder).iterdir():
+                if path.name != STATE_FILE:
+                    state[path.name] = path.read_bytes()
+        self.last_step = self.resumed_at = saved["step"]
+        return state
+
+    def finish(self, final: dict[str, float]) -> None:
+        """Report the trial's final metrics (its last result, at its last step)."""
+        self.pending = None
+        self.report({**final, STEP: self.last_step})
+
+    def report(self, result: dict[str, Any]) -> None:
+        from ray import tune
+
+        if self.resumed_at is not None:
+            result = {**result, RESUMED_AT: self.resumed_at}
+            self.resumed_at = None
+        # Searchers (Optuna) and schedulers read the sweep's metric in every result.
+        if self.carried in result:
+            self.latest = result[self.carried]
+        elif self.latest is not None:
+            result = {**result, self.carried: self.latest}
+        if self.pending is None:
+            tune.report(result)
+            return
+        folder = Path(tempfile.mkdtemp(prefix="maestro-checkpoint-"))
+        try:
+            values = {}
+            for key, value in self.pending.items():
+                if isinstance(value, bytes):
+                    (folder / key).write_bytes(value)
+                else:
+                    values[key] = value
+            (folder / STATE_FILE).write_text(json.dumps({"step": self.last_step, "state": values}))
+            # Tune copies the folder into its storage before this returns.
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.pending = None
+
+
+@dataclass
+class TrialResult:
+    """How a trial ended: its coordinates, final metrics and folder in the store."""
+
+    name: str
+    arm: str
+    seed: int
+    params: dict[str, Any]  # arm, seed and swept values
+    metrics: dict[str, float]
+    prefix: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment: the spec, its `sweep:` block (a sweep), its name."""
+
+    spec: ExperimentSpec
+    kind: Kind
+    name: str
+    sweep: SweepSpec | None = None
+
+    @property
+    def prefix(self) -> str:
+        """The experiment's folder in the store."""
+        return f"{self.kind}s/{self.spec.method}/{self.name}"
+
+    def total_trials(self) -> int:
+        points = self.sweep.points() if self.sweep else 1
+        return points * len(self.spec.arm_names()) * len(self.spec.seeds())
+
+    def trial_run_name(self, trial: str, params: dict[str, Any]) -> str:
+        """A trial's MLflow run name: `ucb1-seed3` in a run, `<sweep>/trial_00042` in a sweep."""
+        if self.sweep is not None:
+            return f"{self.name}/{trial}"
+        return f"{params['arm']}-seed{params['seed']}"
 
 
 @dataclass
 class RunResult:
-    """How a `maestro run` ended."""
+    """How a `maestro run` or `maestro sweep` ended."""
 
+    kind: Kind
     run_name: str
     prefix: str
     mlflow_run_id: str | None
-    summary: dict[str, float]
+    summary: dict[str, Any]
     already_finished: bool = False
     claims: list[str] = field(default_factory=list)  # one line per checked claim
 
 
-def run_experiment(spec: ExperimentSpec, new_run: bool = False) -> RunResult:
-    """Run (or resume) the experiment described by `spec`. A run of the same name made from
-    another spec is refused (`SpecError`, before anything is written); `new_run` starts a
-    fresh run instead, named `<name>-2`, `-3`, ... (the first free one)."""
+def run_experiment(spec: ExperimentSpec, kind: Kind = "run", new_run: bool = False) -> RunResult:
+    """Run (or resume) the experiment described by `spec`. An experiment of the same name
+    made from another spec is refused (`SpecError`, before anything is written); `new_run`
+    starts a fresh one instead, named `<name>-2`, `-3`, ... (the first free one)."""
     method = get_method(spec.method)
+    sweep = load_sweep(spec) if kind == "sweep" else None
     store = open_store(spec.store.uri)
-    run_name = spec.run_name()
-    folder = f"runs/{spec.method}"
+    name = spec.run_name()
     if new_run:
-        base, number = run_name, 1
-        while store.exists(f"{folder}/{run_name}/run.json"):
+        base, number = name, 1
+        while store.exists(f"{Experiment(spec, kind, name).prefix}/run.json"):
             number += 1
-            run_name = f"{base}-{number}"
-    prefix = f"{folder}/{run_name}"
-    state_key = f"{prefix}/run.json"
+            name = f"{base}-{number}"
+    experiment = Experiment(spec, kind, name, sweep)
+    state_key = f"{experiment.prefix}/run.json"
     state = store.get_json(state_key) if store.exists(state_key) else None
     resolved = spec.resolved()
     if state and state.get("spec") != resolved:
-        field = first_difference(state.get("spec") or {}, resolved)
+        changed = first_difference(state.get("spec") or {}, resolved)
         raise SpecError(
-            f"{spec.source}: {field}: differs from the spec that run {run_name} was started "
-            "with; use --new-run for a fresh run, or another tracking.run_name"
+            f"{spec.source}: {changed}: differs from the spec that {kind} {name} was started "
+            "with; use --new-run for a fresh one, or another tracking.run_name"
         )
-
     if state and state.get("status") == "FINISHED":
         return RunResult(
-            run_name,
-            prefix,
+            kind,
+            name,
+            experiment.prefix,
             state.get("mlflow_run_id"),
             state["summary"],
             already_finished=True,
             claims=state.get("claims", []),
         )
 
-    resume_id = state.get("mlflow_run_id") if state else None
-    if spec.tracking.enabled:
-        tracker = Tracker.start(
-            experiment=spec.tracking.experiment or spec.method,
-            run_name=run_name,
-            params=flatten(resolved),
-            tags={
-                "maestro.method": spec.method,
-                "maestro.spec": spec.source,
-                "maestro.preset": spec.preset or "",
-                "maestro.store": store.uri(prefix),
-                **spec.tracking.tags,
-            },
-            resume_run_id=resume_id,
-        )
-    else:
-        tracker = Tracker.disabled()
-    if not resume_id:
-        tracker.log_dict(resolved, "spec.yaml")
+    init_ray(spec.resources)
+    parent = start_parent(experiment, state, store)
+    resume = state is not None
     state = {
-        "run_name": run_name,
-        "mlflow_run_id": tracker.run_id,
+        "run_name": name,
+        "kind": kind,
+        "mlflow_run_id": parent.run_id,
         "status": "RUNNING",
         "spec": resolved,
         "summary": {},
     }
     store.put_json(state_key, state)
-
-    init_ray(spec.resources)
-    ctx = RunContext(spec, store, prefix, tracker)
+    ctx = RunContext(spec, store, experiment.prefix, parent)
     try:
-        summary = method.pipeline(ctx)
+        prepared = method.prepare(ctx) if method.prepare else {}
+        parent.flush()  # prepare's metrics reach MLflow before any trial can be killed
+        results = run_trials(experiment, store, parent, prepared, resume)
+        summary, claims = aggregate(experiment, ctx, results)
+        if method.aggregate and sweep is None:  # a sweep's plots are `maestro report`'s
+            method.aggregate(ctx, results)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        tracker.end(status)
+        parent.end(status)
         store.put_json(state_key, {**state, "status": status, "error": repr(exc)[:500]})
         raise
-    tracker.log_metrics({f"summary/{k}": v for k, v in summary.items()}, step=0)
-    tracker.end("FINISHED")
-    claims = [result.line() for result in ctx.claims]
-    store.put_json(state_key, {**state, "status": "FINISHED", "summary": summary, "claims": claims})
-    return RunResult(run_name, prefix, tracker.run_id, summary, claims=claims)
+    parent.end("FINISHED")
+    lines = [result.line() for result in claims]
+    store.put_json(state_key, {**state, "status": "FINISHED", "summary": summary, "claims": lines})
+    return RunResult(kind, name, experiment.prefix, parent.run_id, summary, claims=lines)
+
+
+def start_parent(experiment: Experiment, state: dict | None, store: ArtifactStore) -> Tracker:
+    """The experiment's parent MLflow run: created, or reopened from its state."""
+    spec, sweep = experiment.spec, experiment.sweep
+    if not spec.tracking.enabled:
+        return Tracker.disabled()
+    tags = {
+        **spec.tracking.tags,
+        "maestro.method": spec.method,
+        "maestro.spec": spec.source,
+        "maestro.preset": spec.preset or "",
+        "maestro.kind": experiment.kind,
+        "maestro.store": store.uri(experiment.prefix),
+        "maestro.step": get_method(spec.method).step,
+    }
+    if sweep is not None:
+        tags.update(
+            {
+                "maestro.sweep.metric": sweep.metric,
+                "maestro.sweep.mode": sweep.mode,
+                "maestro.sweep.space": json.dumps(
+                    {k: d.model_dump(exclude_none=True) for k, d in sweep.space.items()}
+                ),
+            }
+        )
+    parent = Tracker.start(
+        experiment=spec.tracking.experiment or spec.method,
+        run_name=experiment.name,
+        params=flatten(spec.resolved()),
+        tags=tags,
+        resume_run_id=state["mlflow_run_id"] if state else None,
+    )
+    if not state:
+        parent.log_dict(spec.resolved(), "spec.yaml")
+    return parent
+
+
+def aggregate(
+    experiment: Experiment, ctx: RunContext, results: list[TrialResult]
+) -> tuple[dict[str, Any], list[Any]]:
+    """The experiment's summary and checked claims, logged on the parent run. A run: the
+    mean over seeds of each final metric per arm (`<metric>/<arm>`), and the claims. A
+    sweep: the best trials. Trials that failed make a run fail (its claims would rest on
+    fewer seeds than the spec asks); a sweep counts them."""
+    from maestro.claims import check_claims, log_claims
+
+    failed = [r for r in results if r.error]
+    counts = {"trials": len(results), "errored": len(failed)}
+    ctx.tracker.log_metrics({f"trials/{k}": v for k, v in counts.items()}, step=0)
+    if experiment.sweep is not None:
+        return {**counts, **summarise_sweep(experiment.sweep, ctx.tracker)}, []
+    if failed:
+        raise TrialsFailed(
+            f"{len(failed)} of {len(results)} trials failed; the first ({failed[0].name}): "
+            f"{failed[0].error} (its log: `maestro run` prints it above; run again to retry)"
+        )
+    method = get_method(experiment.spec.method)
+    for claim in experiment.spec.claims:
+        missing = [r.name for r in results if claim.metric not in r.metrics]
+        if missing:
+            raise RuntimeError(f"claim {claim.name}: trial {missing[0]} has no {claim.metric}")
+    # A method's metrics that every trial returned (a task without a success has no
+    # success rate; an experiment that only prepares returns none).
+    measured = [m for m in method.metrics if results and all(m in r.metrics for r in results)]
+    per_arm = {
+        metric: {
+            arm: np.array([r.metrics[metric] for r in results if r.arm == arm])
+            for arm in experiment.spec.arm_names()
+        }
+        for metric in measured
+    }
+    summary = {
+        f"{metric}/{arm}": float(values.mean())
+        for metric, arms in per_arm.items()
+        for arm, values in arms.items()
+    }
+    ctx.tracker.log_metrics({f"summary/{k}": v for k, v in summary.items()}, step=0)
+    claims = check_claims(experiment.spec.claims, per_arm)
+    log_claims(ctx.tracker, claims)
+    return summary, claims

@@ -32,6 +32,8 @@ AUTH_MODES = ("token", "disabled")
 QUIET_RAY_MESSAGES = {
     "ray.rllib.algorithms.algorithm_config": "on the new API stack! This is the new default",
     "ray.tune.trainable.trainable": "Trainable.setup took",
+    # Every trial checkpoint; Maestro's trials checkpoint often (run.TrialContext).
+    "ray.train._internal.storage": "Checkpoint successfully created at",
 }
 # Ray logs its deprecation notices here, attributed to the line that used the old name.
 RAY_DEPRECATION_LOGGER = "ray._common.deprecation"
@@ -42,6 +44,14 @@ def auth_mode() -> str:
     mode = os.environ.get("RAY_AUTH_MODE", "token")
     if mode not in AUTH_MODES:
         raise RuntimeSetupError(f"RAY_AUTH_MODE={mode!r}: expected one of {', '.join(AUTH_MODES)}")
+    return mode
+
+
+def settle_auth_mode() -> str:
+    """Fix `RAY_AUTH_MODE` in this process's environment before Ray is first imported (Ray
+    reads it once, then); returns the mode."""
+    mode = auth_mode()
+    os.environ["RAY_AUTH_MODE"] = mode
     return mode
 
 
@@ -97,9 +107,7 @@ def quiet_third_party_logs() -> None:
 
 def init_ray(resources: ResourcesSpec | None = None) -> None:
     """Join `RAY_ADDRESS` if set, else start a private local cluster sized by `resources`."""
-    # Ray reads RAY_AUTH_MODE once, when it is imported: settle it first.
-    mode = auth_mode()
-    os.environ["RAY_AUTH_MODE"] = mode
+    mode = settle_auth_mode()
     address = os.environ.get("RAY_ADDRESS")
     if address == "local":  # Ray's own spelling for "start a new local cluster"
         address = None

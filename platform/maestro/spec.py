@@ -8,6 +8,7 @@ A spec file looks like::
     resources: {...}         # ResourcesSpec
     tracking: {...}          # TrackingSpec
     store: {...}             # StoreSpec
+    trials: {seeds: 3, arms: {name: {...}}}   # optional: arms (overlays on config) x seeds
     sweep: {...}             # optional, read by `maestro sweep`
     claims: [...]            # optional, the paper's claims checked over seeds (claims.py)
     presets:                 # optional named overlays, chosen with --preset
@@ -25,10 +26,10 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from maestro.claims import Claim
 
@@ -44,13 +45,11 @@ class StrictModel(BaseModel):
 
 
 class ResourcesSpec(StrictModel):
-    """What the run asks of Ray. `num_cpus`/`num_gpus` size a local cluster; the per-task
-    figures are what each Ray task or trial of the method reserves."""
+    """The size of the local Ray cluster a run starts when it joins none (what each trial
+    reserves is in `trials:`)."""
 
     num_cpus: int | None = Field(default=None, ge=1)
     num_gpus: int | None = Field(default=None, ge=0)
-    cpus_per_task: float = Field(default=1.0, gt=0)
-    gpus_per_task: float = Field(default=0.0, ge=0)
 
 
 class TrackingSpec(StrictModel):
@@ -69,6 +68,27 @@ class StoreSpec(StrictModel):
     uri: str | None = None
 
 
+ARM_NAME = r"^[A-Za-z0-9_.-]+$"
+DEFAULT_ARM = "default"
+
+
+class TrialsSpec(StrictModel):
+    """The spec's `trials:` block: every arm runs every seed, one trial each. An arm is a
+    named overlay on `config` (nested mappings merge); with no arms the spec's config is
+    the one arm, named `default`. Seeds are `seed`, `seed + 1`, ... The rest says how Tune
+    runs the trials, in a run and in a sweep alike."""
+
+    seeds: int = Field(default=1, ge=1)
+    arms: dict[Annotated[str, StringConstraints(pattern=ARM_NAME)], dict[str, Any]] = Field(
+        default_factory=dict
+    )
+    cpus: float = Field(default=1.0, gt=0, description="what each trial reserves from Ray")
+    gpus: float = Field(default=0.0, ge=0)
+    max_concurrent: int | None = Field(default=None, ge=1, description="None: as Ray fits")
+    max_failures: int = Field(default=1, ge=-1, description="retries per trial; -1: forever")
+    fail_fast: bool = Field(default=False, description="stop every trial at the first error")
+
+
 class ExperimentSpec(StrictModel):
     """A resolved experiment: the common fields plus the method's validated config."""
 
@@ -78,6 +98,7 @@ class ExperimentSpec(StrictModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     store: StoreSpec = Field(default_factory=StoreSpec)
+    trials: TrialsSpec = Field(default_factory=TrialsSpec)
     sweep: dict[str, Any] | None = None
     claims: list[Claim] = Field(default_factory=list)
     # Provenance, filled by load_spec: not part of the experiment's identity.
@@ -95,6 +116,14 @@ class ExperimentSpec(StrictModel):
         text = json.dumps(self.resolved(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
+    def arm_names(self) -> list[str]:
+        """The arms every seed runs (`default` when the spec names none)."""
+        return list(self.trials.arms) or [DEFAULT_ARM]
+
+    def seeds(self) -> list[int]:
+        """The trials' seeds."""
+        return [self.seed + i for i in range(self.trials.seeds)]
+
     def run_name(self) -> str:
         """The run's name: from `tracking.run_name`, else `<spec stem>-<preset>-<digest>`."""
         if self.tracking.run_name:
@@ -104,7 +133,17 @@ class ExperimentSpec(StrictModel):
         return "-".join(parts)
 
 
-COMMON_KEYS = {"method", "seed", "config", "resources", "tracking", "store", "sweep", "claims"}
+COMMON_KEYS = {
+    "method",
+    "seed",
+    "config",
+    "resources",
+    "tracking",
+    "store",
+    "trials",
+    "sweep",
+    "claims",
+}
 
 
 def load_spec(
@@ -194,27 +233,65 @@ def build_spec(
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(f"{where}: {first_error(exc)}") from None
+    check_arms(spec, method, where)
     check_claims_fit(spec, method, where)
     return spec.model_copy(update={"source": where, "preset": preset})
 
 
+def arm_config(spec_data: dict[str, Any], arm: str) -> dict[str, Any]:
+    """The `config:` block of one arm of resolved spec data: the arm's overlay merged in."""
+    overlay = (spec_data.get("trials") or {}).get("arms", {}).get(arm, {})
+    return deep_merge(spec_data["config"], overlay)
+
+
+def check_arms(spec: ExperimentSpec, method: Any, where: str) -> None:
+    """Each arm's overlay gives a valid config."""
+    data = spec.resolved()
+    for arm in spec.trials.arms:
+        try:
+            method.config.model_validate(arm_config(data, arm))
+        except ValidationError as exc:
+            raise SpecError(f"{where}: {first_error(exc, prefix=f'trials.arms.{arm}')}") from None
+
+
 def check_claims_fit(spec: ExperimentSpec, method: Any, where: str) -> None:
-    """Each claim names a metric the method measures per seed and two of its arms."""
-    arms = method.arms(spec.config) if method.arms else ()
+    """Each claim names a metric a trial of the method returns and two of the spec's arms."""
+    arms = spec.arm_names()
     for i, claim in enumerate(spec.claims):
         field = f"{where}: claims.{i}"
-        if claim.metric not in method.seed_metrics:
-            known = ", ".join(method.seed_metrics) or "none"
+        if claim.metric not in method.metrics:
+            known = ", ".join(method.metrics) or "none"
             raise SpecError(
-                f"{field}.metric: {method.name} has no per-seed metric "
-                f"{claim.metric!r} (has: {known})"
+                f"{field}.metric: a {method.name} trial returns no metric "
+                f"{claim.metric!r} (returns: {known})"
             )
         for arm in claim.compare:
             if arm not in arms:
                 raise SpecError(
                     f"{field}.compare: no arm {arm!r} in this spec (arms: "
-                    f"{', '.join(arms) or 'none'}; --set claims=[] runs it without claims)"
+                    f"{', '.join(arms)}; --set claims=[] runs it without claims)"
                 )
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the resolved spec `base` with each dotted key in `params` set."""
+    trial = copy.deepcopy(base)
+    for key, value in params.items():
+        node = trial
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = copy.deepcopy(value)
+    return trial
+
+
+def trial_data(resolved: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's spec data: the resolved spec with the trial's arm overlay, seed and swept
+    values (`params`: `arm`, `seed` and dotted keys) applied."""
+    data = copy.deepcopy(resolved)
+    data["config"] = arm_config(resolved, params["arm"])
+    data["seed"] = params["seed"]
+    return apply_params(data, {k: v for k, v in params.items() if k not in ("arm", "seed")})
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""NetHack (NLE 1.3) for Motif: the tasks, captions, observation fields and vector envs.
+"""NetHack (NLE 1.3) for Motif: the tasks, captions, observation fields, vector envs and
+the per-episode measures that training and evaluation report (`EpisodeStats`).
 
 Tasks (`TASKS`, by name):
 - `score`: NLE's NetHackScore (reward = in-game score gained).
@@ -42,6 +43,10 @@ AGENT_OBSERVATION_KEYS: tuple[str, ...] = (
 )
 
 DEFAULT_MAX_EPISODE_STEPS = 5000
+# NLE's task status for success (only its task classes define it, as 2).
+TASK_SUCCESSFUL = int(nle_tasks.NetHackStaircase.StepStatus.TASK_SUCCESSFUL)
+# What `EpisodeStats` measures of each episode.
+EPISODE_FIELDS = ("extrinsic_return", "score", "depth", "distinct_messages", "length", "success")
 
 
 class NetHackDescend(nle_tasks.NetHackStaircase):
@@ -259,3 +264,56 @@ def make_vector_env(
 def captions(messages: np.ndarray) -> list[str]:
     """Captions of a batch of message lines (shape (N, 256))."""
     return [caption(row) for row in messages]
+
+
+class EpisodeStats(gym.Wrapper):
+    """NetHack episode measures, put in the info of an episode's last step as
+    `episode_<field>` for `EPISODE_FIELDS`:
+
+    - score: the in-game score (bottom line) at the last step where the game was still
+      on (NLE zeroes the observation that ends an episode);
+    - depth: the deepest dungeon level reached (for a descend task that succeeded, at
+      least its target depth: the zeroed last observation cannot show it);
+    - distinct_messages: distinct non-empty captions seen (the reset one included);
+    - success: the task reported success (`end_status` TASK_SUCCESSFUL);
+    - extrinsic_return, length: sum of env rewards and steps."""
+
+    def reset(self, **kwargs):
+        observation, info = self.env.reset(**kwargs)
+        self._messages: set[str] = set()
+        self._score = 0
+        self._depth = 0
+        self._return = 0.0
+        self._length = 0
+        self._observe(observation)
+        return observation, info
+
+    def _observe(self, observation: dict[str, np.ndarray]) -> None:
+        message = caption(observation["message"])
+        if message:
+            self._messages.add(message)
+        blstats = observation["blstats"]
+        depth = int(blstats[nethack.NLE_BL_DEPTH])
+        if depth > 0:
+            self._score = int(blstats[nethack.NLE_BL_SCORE])
+            self._depth = max(self._depth, depth)
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._observe(observation)
+        self._return += float(reward)
+        self._length += 1
+        if terminated or truncated:
+            success = int(int(info.get("end_status", 0)) == TASK_SUCCESSFUL)
+            if success:
+                self._depth = max(self._depth, getattr(self.env.unwrapped, "target_depth", 0))
+            info = {
+                **info,
+                "episode_extrinsic_return": self._return,
+                "episode_score": self._score,
+                "episode_depth": self._depth,
+                "episode_distinct_messages": len(self._messages),
+                "episode_length": self._length,
+                "episode_success": success,
+            }
+        return observation, reward, terminated, truncated, info

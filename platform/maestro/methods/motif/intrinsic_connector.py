@@ -21,7 +21,8 @@ not reported.
 
 Per finished episode it adds up the intrinsic return (sum of r_int) and the extrinsic
 return (sum of r_ext), with an episode count, until the driver drains the sums
-(`drain_stats` on the learner): exact per-episode means per iteration.
+(`drain_stats` on the learner): exact per-episode means per iteration
+(`intrinsic_metrics`). The learner classes that run it (APPO and PPO) are here too.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 
 from maestro.envs.nethack import captions
-from maestro.reward.intrinsic import IntrinsicReward, combine
-from maestro.reward.model import RewardModel
+from maestro.methods.motif.intrinsic import IntrinsicReward, combine
+from maestro.methods.motif.reward_model import RewardModel
+from maestro.rl.results import finite
 
 # Where the connector's settings travel in `config.learner_config_dict`.
 SETTINGS_KEY = "motif_intrinsic_reward"
 # Open episodes kept at once: far above envs in flight; bounds memory if fragments stop.
 MAX_OPEN_EPISODES = 100_000
+# What `drain` reports that is a size, not a sum: the largest over learners is kept
+# (`maestro.rl.results.learner_stats`).
+MAXIMA = ("distinct_captions",)
 
 
 @dataclass
@@ -259,3 +264,25 @@ def learner_settings(
             "threshold": threshold,
         }
     }
+
+
+def intrinsic_metrics(learner: dict[str, float]) -> dict[str, float]:
+    """Tracker metrics of the connector's sums over one iteration (`learner`: from
+    `maestro.rl.results.learner_stats`): per-episode means over the episodes whose last
+    fragment was shaped, r_int per step, and the connector's cost and cache size."""
+    metrics: dict[str, float] = {}
+    if learner.get("episodes"):
+        metrics["train/intrinsic_return"] = learner["intrinsic_return_sum"] / learner["episodes"]
+        metrics["train/learner_extrinsic_return"] = (
+            learner["extrinsic_return_sum"] / learner["episodes"]
+        )
+    if learner.get("steps"):
+        metrics["train/intrinsic_reward_per_step"] = (
+            learner["intrinsic_reward_sum"] / learner["steps"]
+        )
+        metrics["intrinsic/seconds_per_1k_steps"] = 1000 * learner["seconds"] / learner["steps"]
+        metrics["intrinsic/fragments_without_predecessor"] = learner.get(
+            "fragments_without_predecessor", 0
+        )
+        metrics["intrinsic/distinct_captions"] = learner.get("distinct_captions", 0)
+    return finite(metrics)

@@ -19,7 +19,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from maestro.reward.model import CaptionRewardNet, Normalisation, RewardModel, RewardModelConfig
+from maestro.methods.motif.reward_model import (
+    CaptionRewardNet,
+    Normalisation,
+    RewardModel,
+    RewardModelConfig,
+)
 
 
 class RewardTrainingConfig(BaseModel):
@@ -49,7 +54,7 @@ class PairData:
 
     @classmethod
     def from_table(cls, table) -> PairData:
-        """Valid records of a preference table (see annotation/preferences.py)."""
+        """Valid records of a preference table (see preferences.py)."""
         rows = [r for r in table.to_pylist() if r["valid"]]
         target = np.array([{1: 1.0, 2: 0.0, 0: 0.5}[r["label"]] for r in rows], dtype=np.float32)
         return cls(

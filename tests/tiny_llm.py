@@ -1,4 +1,4 @@
-"""Random-weight Llama models built locally, for tests and throughput benchmarks.
+"""Random-weight Llama models built locally, for the tests of the text backends and dashboards.
 
 Nothing is downloaded: a byte-level BPE tokenizer is trained with `tokenizers` on the
 prompt texts (so prompts tokenize compactly), and a `LlamaForCausalLM` with random weights

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from maestro.annotation.pairs import Question
-from maestro.annotation.preferences import PreferenceRecord, PreferenceStore
 from maestro.llm import AnnotatorActor, AnnotatorConfig, PairQuestion, TaskText
+from maestro.methods.motif.pairs import Question
+from maestro.methods.motif.preferences import PreferenceRecord, PreferenceStore
 from maestro.metrics import AnnotationMetrics
 
 

@@ -1,0 +1,123 @@
+"""Motif: intrinsic reward from a language model's preferences on NetHack.
+
+Klissarov, D'Oro et al., "Motif: Intrinsic Motivation from Artificial Intelligence
+Feedback", 2023 (arXiv:2310.00166); what Maestro runs of it: `docs/methods/motif.md`.
+
+An experiment prepares once (stages 1-3, stored under its folder and skipped when already
+done), then trains one agent per trial (stage 4: each seed of each arm of `trials:`):
+
+1. `collect`: rollout actors play NetHack and store captions (message lines) with the
+   observation fields needed to reuse the data (`collect.py`).
+2. `annotate`: caption pairs are drawn (uniformly from the dataset, as in Motif), merged
+   into distinct questions (a pair and its mirror are one), and answered by the annotator
+   pool (`pairs.py`, `annotation.py`); answers land batch by batch in the preference store
+   (`preferences.py`).
+3. `reward`: a caption reward model (`reward_model.py`) is trained with the Bradley-Terry
+   loss on the valid labels and saved with its normalisation and threshold
+   (`reward_training.py`), and logged to MLflow as a model (`mlflow_model.py`).
+4. `train`, the trial: an RLlib agent (`agent.py`; APPO or PPO) plays the task on
+   `a1 * r_int + a2 * r_ext` (`intrinsic.py`), the intrinsic reward computed on the
+   learner (`intrinsic_connector.py`); its checkpoints are the trial's, so a killed
+   experiment continues each agent from its last one; at the end the agent is evaluated
+   on fresh games of the task (`train.py`, `evaluate.py`, on the RLlib glue of
+   `maestro.rl`).
+
+The spec's `config:` block is `MotifConfig` (`config.py`); the stages are in `stages.py`.
+
+`stages:` in the spec chooses which run (e.g. `jobs/motif/annotate.yaml` stops after 2).
+With `reward_model_from:` (a finished run's folder) only `train` runs, on that run's reward
+model and dataset: how a sweep (`jobs/motif/sweep.yaml`) varies the agent and the reward's
+coefficients without annotating again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import maestro.rl  # noqa: F401  (first: settles Ray's auth mode before RLlib is imported)
+from maestro.methods import Method
+from maestro.methods.motif.config import MotifConfig
+from maestro.methods.motif.stages import (
+    PREPARED,
+    intrinsic_threshold,
+    plot_returns,
+    stage_annotate,
+    stage_collect,
+    stage_reward,
+    stored_reward_model,
+)
+from maestro.methods.motif.train import train_agent
+
+
+def prepare(ctx) -> dict[str, Any]:
+    """The stages before training, in order, each in a folder keyed by its inputs; returns
+    (and records in the run's `prepared.json`) where the dataset and the reward model
+    are. With `reward_model_from`, nothing runs: the trials train on that run's."""
+    cfg: MotifConfig = ctx.config
+    source = cfg.reward_model_from or ctx.prefix
+    if cfg.reward_model_from is None:
+        captions, dataset = stage_collect(ctx)
+        ctx.tracker.log_metrics({"dataset/unique_captions": len(set(captions))}, step=0)
+        made = {"dataset": dataset}
+        if "annotate" in cfg.stages:
+            preferences, labels = stage_annotate(ctx, captions, dataset)
+            made["preferences"] = labels
+            if "reward" in cfg.stages:
+                made["reward_model"] = stage_reward(ctx, captions, preferences, labels)
+        ctx.store.put_json(ctx.key(PREPARED), made)
+    if "train" in cfg.stages:
+        stored_reward_model(ctx.store, source)  # fails here, not in every trial
+    return {"source": source}
+
+
+def trial(ctx) -> dict[str, float]:
+    """Train an agent on the prepared reward model (continuing from the trial's last
+    checkpoint), evaluate it; returns env steps and the evaluation figures."""
+    cfg: MotifConfig = ctx.config
+    if "train" not in cfg.stages:
+        return {}
+    captions, model = stored_reward_model(ctx.store, ctx.prepared["source"])
+    result = train_agent(
+        cfg.task,
+        cfg.train,
+        trial=ctx,
+        seed=ctx.seed,
+        run_name=f"{ctx.experiment}/{ctx.name}",
+        reward_model=model,
+        intrinsic=cfg.intrinsic,
+        threshold=intrinsic_threshold(cfg, captions, model),
+    )
+    return {"env_steps": result.env_steps, **result.eval}
+
+
+def trial_resources(cfg: MotifConfig) -> Any:
+    """RLlib's own request for the trial's algorithm: the learner (with its GPU) in the
+    trial's process, and one bundle per env runner."""
+    from maestro.methods.motif.train import algorithm_config
+
+    config = algorithm_config(cfg.task, cfg.train, seed=0, epoch=0, settings=None)
+    return config.algo_class.default_resource_request(config)
+
+
+METHOD = Method(
+    name="motif",
+    config=MotifConfig,
+    trial=trial,
+    metrics=(
+        "env_steps",
+        "eval/score",
+        "eval/depth",
+        "eval/distinct_messages",
+        "eval/extrinsic_return",
+        "eval/success_rate",
+        "eval_random/score",
+        "eval_random/depth",
+        "eval_random/distinct_messages",
+        "eval_random/extrinsic_return",
+        "eval_random/success_rate",
+    ),
+    step="env steps",
+    prepare=prepare,
+    aggregate=plot_returns,
+    resources=trial_resources,
+)

@@ -1,0 +1,62 @@
+"""Motif's spec `config:` block (`MotifConfig`) and its pipeline stages, in order."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from maestro.envs.nethack import get_task
+from maestro.llm import AnnotatorConfig
+from maestro.methods.motif.annotation import AnnotationServiceConfig
+from maestro.methods.motif.collect import CollectConfig
+from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
+from maestro.methods.motif.pairs import PairSamplingConfig
+from maestro.methods.motif.reward_training import RewardTrainingConfig
+from maestro.methods.motif.train import TrainingConfig
+
+Stage = Literal["collect", "annotate", "reward", "train"]
+STAGES: tuple[str, ...] = ("collect", "annotate", "reward", "train")
+
+
+class MotifConfig(BaseModel):
+    """The spec's `config:` block for Motif."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(default="score", description="the NetHack task (envs/nethack.py TASKS)")
+    stages: list[Stage] = Field(default_factory=lambda: list(STAGES), min_length=1)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    pairs: PairSamplingConfig = Field(default_factory=PairSamplingConfig)
+    annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
+    annotation: AnnotationServiceConfig = Field(default_factory=AnnotationServiceConfig)
+    reward: RewardTrainingConfig = Field(default_factory=RewardTrainingConfig)
+    intrinsic: IntrinsicRewardConfig = Field(default_factory=IntrinsicRewardConfig)
+    train: TrainingConfig = Field(default_factory=TrainingConfig)
+    reward_model_from: str | None = Field(
+        default=None,
+        description="a finished Motif run's folder in the store (runs/motif/<name>): train on "
+        "its reward model and dataset (stages: [train])",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_on_the_task(cls, data: dict) -> dict:
+        """The dataset is collected on the run's task unless `collect.task` says otherwise."""
+        if isinstance(data, dict) and isinstance(data.get("collect", {}), dict):
+            collect_block = dict(data.get("collect") or {})
+            collect_block.setdefault("task", data.get("task", "score"))
+            data = {**data, "collect": collect_block}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> MotifConfig:
+        get_task(self.task)
+        order = [STAGES.index(s) for s in self.stages]
+        if order != sorted(set(order)):
+            raise ValueError(f"stages must be distinct and in the order {', '.join(STAGES)}")
+        if self.reward_model_from is not None and self.stages != ["train"]:
+            raise ValueError(
+                "reward_model_from trains on a stored reward model: set stages: [train]"
+            )
+        return self

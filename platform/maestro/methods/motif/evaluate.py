@@ -1,0 +1,106 @@
+"""Evaluating Motif's agent: it plays fresh games of the task (seeds apart from the training
+games'), sampling its actions, and the same games are played with uniformly random actions
+for comparison; each game is measured with `EpisodeStats` (`envs/nethack.py`), as in
+training, so training and evaluation figures mean the same."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+
+from maestro.envs.nethack import EPISODE_FIELDS, EpisodeStats, make_env
+
+# Evaluation games come from seed + this, never from the training games' seeds.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class EpisodeRecord:
+    """One evaluation episode's `EpisodeStats` measures."""
+
+    extrinsic_return: float
+    score: int
+    depth: int
+    distinct_messages: int
+    length: int
+    success: int
+
+
+@torch.no_grad()
+def evaluate_agent(
+    module,
+    task: str,
+    episodes: int,
+    seed: int,
+    max_episode_steps: int,
+    on_step: Callable[[dict[str, np.ndarray]], None] | None = None,
+    on_episode: Callable[[EpisodeRecord], None] | None = None,
+) -> list[EpisodeRecord]:
+    """Play `episodes` fresh games of `task` (deterministic given `seed`), sampling
+    actions from the policy (greedy NetHack policies loop on one action). `module` None
+    plays uniformly random actions: the baseline on the same games. `on_step` sees each
+    observation, `on_episode` each finished episode's record."""
+    env = EpisodeStats(make_env(task, seed=seed, max_episode_steps=max_episode_steps))
+    generator = torch.Generator().manual_seed(seed)
+    recurrent = module is not None and module.agent_config.use_lstm
+    records = []
+    for _ in range(episodes):
+        observation, _ = env.reset()
+        if on_step:
+            on_step(observation)
+        initial = module.get_initial_state() if module is not None else {}
+        state = {k: torch.from_numpy(v)[None] for k, v in initial.items()}
+        while True:
+            if module is None:
+                logits, out = torch.zeros(env.action_space.n), {}
+            else:
+                obs = {k: torch.from_numpy(v)[None] for k, v in observation.items()}
+                if recurrent:
+                    obs = {k: v[:, None] for k, v in obs.items()}
+                out = module.forward_exploration({Columns.OBS: obs, Columns.STATE_IN: state})
+                logits = out[Columns.ACTION_DIST_INPUTS].reshape(-1)
+            action = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+            state = out.get(Columns.STATE_OUT, state)
+            observation, _, terminated, truncated, info = env.step(action)
+            if on_step:
+                on_step(observation)
+            if terminated or truncated:
+                records.append(
+                    EpisodeRecord(**{name: info[f"episode_{name}"] for name in EPISODE_FIELDS})
+                )
+                if on_episode:
+                    on_episode(records[-1])
+                break
+    env.close()
+    return records
+
+
+def eval_metrics(records: list[EpisodeRecord], task: str, prefix: str = "eval") -> dict[str, float]:
+    """Means of the evaluation episodes (success rate only for tasks with a success)."""
+    if not records:
+        return {}
+    metrics = {
+        f"{prefix}/{name}": float(np.mean([getattr(r, name) for r in records]))
+        for name in EPISODE_FIELDS
+        if name != "success"
+    }
+    if task != "score":
+        metrics[f"{prefix}/success_rate"] = float(np.mean([r.success for r in records]))
+    metrics[f"{prefix}/episodes"] = float(len(records))
+    return metrics
+
+
+def evaluate_with_progress(
+    module, games: dict[str, Any], progress: Callable[..., Any] | None, desc: str
+) -> list[EpisodeRecord]:
+    """`evaluate_agent(module, **games)` with a bar counting episodes when `progress`
+    makes bars (an evaluation of long NetHack games otherwise looks like a hang)."""
+    if progress is None or not games["episodes"]:
+        return evaluate_agent(module, **games)
+    with progress(games["episodes"], desc, "episode") as bar:
+        return evaluate_agent(module, **games, on_episode=lambda _: bar.update(1))
