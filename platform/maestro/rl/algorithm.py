@@ -120,6 +120,10 @@ def rllib_config(
             # A second sample request queued on each env runner keeps it busy while the
             # driver hands the last one to the learner (results still arrive in order).
             max_requests_in_flight_per_env_runner=2,
+            # Weights pushed to the env runners, not pulled from APPO's state-server actor:
+            # that threaded actor aborts with a C++ stack trace whenever an algorithm is
+            # stopped while its process lives on (a Tune trial actor reused by the next).
+            use_env_runner_state_server=False,
         )
         .learners(
             num_learners=config.num_learners,
