@@ -24,7 +24,7 @@ from maestro.methods import get_method
 from maestro.spec import DEFAULT_ARM, build_spec, trial_data
 from maestro.store import ArtifactStore, open_store
 from maestro.sweep.spec import AshaScheduler, PbtScheduler, SweepSpec
-from maestro.sweep.tracking import TUNE_AUTOFILLED, find_trial_runs, trial_name
+from maestro.sweep.tracking import TUNE_AUTOFILLED, find_trial_runs, result_metrics, trial_name
 from maestro.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -211,9 +211,9 @@ def run_trials(
                 seed=int(config.get("seed", 0)),
                 params=config,
                 metrics={
-                    k: float(v)
-                    for k, v in (result.metrics or {}).items()
-                    if k not in TUNE_AUTOFILLED and isinstance(v, (int, float))
+                    k: v
+                    for k, v in result_metrics(result.metrics or {}).items()
+                    if k not in TUNE_AUTOFILLED
                 },
                 prefix=f"{experiment.prefix}/trials/{name}",
                 error=str(result.error).strip().splitlines()[-1][:500] if result.error else None,
