@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from maestro.claims import Claim, check_claim
+from maestro.claims import Claim, check_claim, interquartile_mean
 from maestro.spec import SpecError, load_spec
 
 from .conftest import REPO
@@ -40,6 +40,13 @@ def test_a_true_claim_is_reproduced_a_false_one_contradicted_a_void_one_inconclu
     identical = check_claim(claim(statistic=statistic), {"a": HIGH, "b": HIGH.copy()})
     assert identical.verdict == "inconclusive"
     assert identical.difference.low < 0 < identical.difference.high
+
+
+def test_the_interquartile_mean_drops_a_quarter_of_the_scores_at_each_end():
+    assert interquartile_mean(np.array([[100.0], [1.0], [2.0], [-50.0]])) == 1.5
+    assert interquartile_mean(np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])) == 4.5
+    assert interquartile_mean(np.array([3.0, 9.0, 6.0])) == 6.0  # a quarter of 3 is none
+    assert interquartile_mean(np.array([7.0])) == 7.0
 
 
 def test_lower_is_better_turns_the_difference_around():

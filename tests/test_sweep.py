@@ -272,33 +272,28 @@ def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path)
     assert parent.data.metrics["summary/final_regret/ucb1"] > 0
 
 
-def test_a_trial_restarted_from_its_own_checkpoint_continues_its_curve(ray_cluster, tracking):
+def test_a_trial_restarted_from_its_own_checkpoint_continues_its_curve(tracking):
     """A trial whose last checkpoint Tune does not hold (its experiment state was saved
     before it; the store has it) is restarted by a resumed experiment from Tune iteration 1
-    while its step goes on from that checkpoint: the resumed driver's callback logs every
+    while its step goes on from that checkpoint: the resumed driver's writer logs every
     new step into the same run and skips only the steps already there."""
-    from ray import tune
-    from ray.tune.experiment import Trial
-
     from maestro.store import open_store
-    from maestro.sweep.tracking import TrialTracking
+    from maestro.sweep.tracking import TrialRunsWriter
 
     spec = tiny_spec(tracking)
     experiment = Experiment(spec, "sweep", spec.run_name(), load_sweep(spec))
     parent = start_parent(experiment, None, open_store(spec.store.uri))
-    tune.register_trainable("restarted", lambda config: None)
     params = {"arm": "default", "seed": 0, "config.algorithm": "ucb1", "config.exploration": 0.3}
-    trial = Trial("restarted", config=params, experiment_tag="0_seed=0", trial_id="t0")
 
     def driver(reports: list[tuple[int, int]]) -> None:
-        """One driver's callback seeing the trial report (iteration, rounds)."""
-        callback = TrialTracking(experiment, parent.run_id)
-        callback.setup()
-        callback.on_trial_start(0, [trial], trial)
+        """One driver's writer seeing the trial report (iteration, rounds)."""
+        runs = TrialRunsWriter(experiment, parent.run_id)
+        runs.open()
+        runs.trial_started("trial_00000", params)
         for iteration, rounds in reports:
             result = {"training_iteration": iteration, "step": rounds, "regret": rounds / 10}
-            callback.on_trial_result(0, [trial], trial, result)
-        callback.get_state()  # Tune saves its state: everything reaches MLflow
+            runs.trial_result("trial_00000", params, result)
+        runs.save()  # Tune saves its state: everything reaches MLflow
 
     driver([(1, 20), (2, 40), (3, 60)])  # killed after round 60, checkpointed at round 20
     driver([(1, 40), (2, 60), (3, 80), (4, 100)])

@@ -99,12 +99,20 @@ class ClaimResult:
         )
 
 
+def interquartile_mean(scores: np.ndarray) -> float:
+    """rliable's IQM (scipy's 25% trimmed mean over all scores), without scipy's argument
+    handling on every call, which was three quarters of a bootstrap's time."""
+    x = np.sort(np.ravel(scores))
+    cut = int(0.25 * x.size)
+    return float(x[cut : x.size - cut].mean())
+
+
 def statistic_function(name: str):
     """The rliable aggregate called `name`, over a (seeds x 1) score matrix."""
     from rliable import metrics
 
     return {
-        "iqm": metrics.aggregate_iqm,
+        "iqm": interquartile_mean,
         "mean": metrics.aggregate_mean,
         "median": metrics.aggregate_median,
     }[name]

@@ -353,13 +353,13 @@ def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ""
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values."""
+def flatten(data: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}` (keys joined by `sep`); lists stay values."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
         if isinstance(value, dict) and value:
-            flat.update(flatten(value, name))
+            flat.update(flatten(value, name, sep))
         else:
             flat[name] = value
     return flat

@@ -6,7 +6,8 @@ trial runs `trial_main`: the method's `trial` in a `TrialContext`, on the spec w
 trial's arm, seed and swept values applied (nothing else travels in the trial's config).
 Tune keeps its experiment (searcher, trials, checkpoints) in the store beside the run's
 state, so a killed experiment is restored: finished trials are kept and the others go on
-from their last checkpoint. `maestro.sweep.tracking` writes MLflow.
+from their last checkpoint. Tune's callbacks (`maestro.sweep.callbacks`) write MLflow through
+`maestro.sweep.tracking`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import maestro.sweep.tracking as tracking
 from maestro.methods import get_method
 from maestro.spec import DEFAULT_ARM, build_spec, trial_data
 from maestro.store import ArtifactStore, open_store
@@ -251,6 +251,8 @@ def build_tuner(
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import BasicVariantGenerator
 
+    from maestro.sweep.callbacks import CheckpointPruning, TrialStateMetrics, TrialTracking
+
     sweep, trials = experiment.sweep, experiment.spec.trials
     seed = experiment.spec.seed
     if sweep is not None and sweep.search == "optuna":
@@ -267,11 +269,11 @@ def build_tuner(
     # Tune's own result.json, which its restore reads, and the trial counts for Prometheus.
     callbacks = [
         JsonLoggerCallback(),
-        tracking.TrialStateMetrics(experiment.name),
-        tracking.CheckpointPruning(),
+        TrialStateMetrics(experiment.name),
+        CheckpointPruning(),
     ]
     if parent.enabled:
-        callbacks.append(tracking.TrialTracking(experiment, parent.run_id))
+        callbacks.append(TrialTracking(experiment, parent.run_id))
     return tune.Tuner(
         trainable,
         param_space=param_space(experiment),

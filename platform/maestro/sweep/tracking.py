@@ -1,7 +1,8 @@
 """MLflow for an experiment's trials, written from the driver (docs/architecture.md).
 
-Each trial gets one MLflow child run under the experiment's parent run, written by a Tune
-callback in the driver through one writer thread, so Tune's loop never waits on MLflow.
+Each trial gets one MLflow child run under the experiment's parent run, written by
+`TrialRunsWriter` in the driver through one writer thread, so Tune's loop never waits on
+MLflow. Nothing here imports Ray: `maestro.sweep.callbacks` hands Tune's events to it.
 A trial's results are buffered and sent as `log_batch` requests every `FLUSH_SECONDS` and
 when it ends; MLflow's step is the trial's own (`ctx.log(metrics, step)`), also logged
 as the metric `step`, which tells a resumed driver where each run's curves end. PBT's
@@ -16,7 +17,6 @@ seed, swept values), with `arm` and `seed` as tags of their own.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 STEP = "step"  # the result key of a trial's own step (`TrialContext.log`)
 RESUMED_AT = "resumed_at_step"  # where a restored trial went on from, once
-# A checkpoint that a newer one supersedes is deleted once the experiment state saved this
-# long ago already pointed past it (Tune uploads its state in the background).
-PRUNE_AFTER_S = 30.0
 # Result keys Tune adds that are bookkeeping, not measurements.
 TUNE_BOOKKEEPING = {
     "timestamp",
@@ -67,8 +64,8 @@ def trial_name(trial: Any) -> str:
 
 @dataclass
 class TrialRun:
-    """A trial's MLflow child run as the tracking callback sees it. `tracker` is set by
-    the writer thread once the run exists; everything else belongs to Tune's thread."""
+    """A trial's MLflow child run as `TrialRunsWriter` sees it. `tracker` is set by the
+    writer thread once the run exists; everything else belongs to the caller's thread."""
 
     params: dict[str, Any]  # the trial's coordinates: arm, seed, swept values
     tracker: Tracker | None = None
@@ -120,11 +117,9 @@ def find_trial_runs(client: Any, parent_run_id: str) -> dict[str, TrialRun]:
 
 def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The numeric measurements in a Tune result (nested keys joined with `/`)."""
-    from ray.tune.utils import flatten_dict
-
     return {
         key: float(value)
-        for key, value in flatten_dict(result).items()
+        for key, value in flatten(result, sep="/").items()
         if key not in TUNE_BOOKKEEPING
         and not key.startswith("config/")
         and isinstance(value, (int, float))
@@ -150,301 +145,208 @@ def write_results(run: TrialRun, batch: list, tags: dict[str, str], status: str 
         run.tracker.end(status)
 
 
-def __getattr__(name: str) -> Any:
-    # The callbacks subclass Ray Tune's Callback, and Ray must not be imported before
-    # `init_ray` has settled its authentication mode, so the classes are made on first use.
-    # Tune pickles them with the experiment and finds them here again by name on restore.
-    if name in ("TrialTracking", "TrialStateMetrics", "CheckpointPruning"):
-        globals()["TrialTracking"] = define_tracking_callback()
-        globals()["TrialStateMetrics"] = define_trial_state_callback()
-        globals()["CheckpointPruning"] = define_pruning_callback()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class TrialRunsWriter:
+    """Writes each trial of an experiment to its own MLflow child run under the parent run.
 
+    Its caller (Tune's callback in the driver) hands it each trial's start, results and
+    end by the trial's name and coordinates. Results are buffered and sent by one writer
+    thread every `FLUSH_SECONDS`, when a trial ends, and on `save`: the caller calls `save`
+    whenever Tune saves its experiment state, so any checkpoint Tune can resume from has its
+    metrics in MLflow. A resumed driver's writer reads the experiment's runs back from
+    MLflow (`open`) and continues them."""
 
-def define_trial_state_callback() -> type:
-    """The `TrialStateMetrics` callback class (see the module's `__getattr__`)."""
-    from ray.tune import Callback
+    def __init__(self, experiment: Experiment, parent_run_id: str):
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
 
-    from maestro.metrics import SweepMetrics
+    def open(self) -> None:
+        """Connect to MLflow, read the experiment's existing trial runs, start the writer."""
+        from mlflow.tracking import MlflowClient
+        from tqdm import tqdm
 
-    class TrialStateMetrics(Callback):
-        """The experiment's trials per state, for Prometheus (the sweeps dashboard)."""
+        self.client = MlflowClient(tracking_uri())
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="maestro-mlflow")
+        self.sent: list[Future] = []
+        self.last_flush = time.monotonic()
+        parent = self.client.get_run(self.parent_run_id)
+        self.experiment_id = parent.info.experiment_id
+        self.tags = {
+            **{k: v for k, v in parent.data.tags.items() if k.startswith(INHERITED_TAGS)},
+            **self.experiment.spec.tracking.tags,
+            "maestro.kind": "trial",
+            "maestro.experiment": self.experiment.name,
+            "mlflow.parentRunId": self.parent_run_id,
+        }
+        self.base = self.experiment.spec.resolved()
+        self.base.pop("sweep")
+        self.runs = find_trial_runs(self.client, self.parent_run_id)
+        self.orphans: list[TrialRun] = []
+        self.progress = tqdm(
+            total=self.experiment.total_trials(),
+            initial=sum(run.status == "FINISHED" for run in self.runs.values()),
+            desc=f"{self.experiment.kind} {self.experiment.name}",
+            unit="trial",
+            file=sys.stderr,
+            mininterval=2.0,
+        )
 
-        def __init__(self, name: str):
-            self.metrics = SweepMetrics(name)
-
-        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            self.metrics.record_trials(trials)
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            self.metrics.record_trials(trials)
-
-    return TrialStateMetrics
-
-
-def define_pruning_callback() -> type:
-    """The `CheckpointPruning` callback class (see the module's `__getattr__`)."""
-    from ray.tune import Callback
-
-    class CheckpointPruning(Callback):
-        """Deletes the checkpoints that newer ones supersede. Tune keeps every checkpoint
-        (`num_to_keep` would delete the one its last uploaded experiment state points to
-        before the next state is uploaded, and a driver killed then cannot resume); here a
-        trial's older checkpoints go once an experiment state saved `PRUNE_AFTER_S` ago,
-        which is on storage by now, pointed past them. Checkpoints made before a driver
-        was killed are kept."""
-
-        def setup(self, **info: Any) -> None:
-            self.checkpoints: dict[str, list[Any]] = {}
-            self.saves: list[tuple[float, dict[str, Any]]] = []
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {}
-
-        def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info):
-            self.checkpoints.setdefault(trial.trial_id, []).append(checkpoint)
-
-        def get_state(self) -> None:
-            # Tune is saving its experiment state.
-            self.prune()
-
-        def prune(self) -> None:
-            """Delete each trial's checkpoints older than the one an experiment state saved
-            `PRUNE_AFTER_S` ago pointed to: that state, or a later one, is on storage."""
-            now = time.monotonic()
-            self.saves.append((now, {t: c[-1] for t, c in self.checkpoints.items()}))
-            uploaded = [saved for when, saved in self.saves if now - when >= PRUNE_AFTER_S]
-            if not uploaded:
-                return
-            self.saves = [(when, saved) for when, saved in self.saves if now - when < PRUNE_AFTER_S]
-            for trial_id, kept in uploaded[-1].items():
-                history = self.checkpoints[trial_id]
-                old, self.checkpoints[trial_id] = (
-                    history[: history.index(kept)],
-                    history[history.index(kept) :],
-                )
-                for checkpoint in old:
-                    with contextlib.suppress(OSError):
-                        checkpoint.filesystem.delete_dir(checkpoint.path)
-
-    CheckpointPruning.__module__ = __name__
-    return CheckpointPruning
-
-
-def define_tracking_callback() -> type:
-    """The `TrialTracking` callback class (see the module's `__getattr__`)."""
-    from ray.tune import Callback
-
-    class TrialTracking(Callback):
-        """Writes each trial to its own MLflow child run under the experiment's parent run.
-
-        Whenever Tune saves its experiment state (`get_state`), every buffered result is
-        sent and waited for, so any checkpoint Tune can resume from has its metrics in
-        MLflow. Tune pickles its callbacks with the experiment and hands that copy back on
-        restore: only the experiment and parent run id are kept, and `setup` reads the
-        experiment's existing runs from MLflow."""
-
-        def __init__(self, experiment: Experiment, parent_run_id: str):
-            self.experiment = experiment
-            self.parent_run_id = parent_run_id
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {"experiment": self.experiment, "parent_run_id": self.parent_run_id}
-
-        def setup(self, **info: Any) -> None:
-            from mlflow.tracking import MlflowClient
-            from tqdm import tqdm
-
-            self.client = MlflowClient(tracking_uri())
-            self.writer = ThreadPoolExecutor(1, thread_name_prefix="maestro-mlflow")
-            self.sent: list[Future] = []
-            self.last_flush = time.monotonic()
-            parent = self.client.get_run(self.parent_run_id)
-            self.experiment_id = parent.info.experiment_id
-            self.tags = {
-                **{k: v for k, v in parent.data.tags.items() if k.startswith(INHERITED_TAGS)},
-                **self.experiment.spec.tracking.tags,
-                "maestro.kind": "trial",
-                "maestro.experiment": self.experiment.name,
-                "mlflow.parentRunId": self.parent_run_id,
+    def trial_started(self, name: str, params: dict[str, Any]) -> None:
+        """Trial `name` (coordinates `params`) starts: create its run, or reopen the run of
+        an earlier driver that it continues."""
+        run = self.runs.get(name)
+        if run is not None and not run.seen and run.params != params:
+            # Redrawn differently after a restore: the old run belongs to no trial.
+            self.orphans.append(run)
+            run = None
+        if run is None:
+            run = self.runs[name] = TrialRun(params, is_open=True)
+            tags = {
+                **self.tags,
+                "mlflow.runName": self.experiment.trial_run_name(name, params),
+                "maestro.trial": name,
+                "maestro.trial.params": json.dumps(params, sort_keys=True),
+                "arm": params["arm"],
+                "seed": str(params["seed"]),
             }
-            self.base = self.experiment.spec.resolved()
-            self.base.pop("sweep")
-            self.runs = find_trial_runs(self.client, self.parent_run_id)
-            self.orphans: list[TrialRun] = []
-            self.progress = tqdm(
-                total=self.experiment.total_trials(),
-                initial=sum(run.status == "FINISHED" for run in self.runs.values()),
-                desc=f"{self.experiment.kind} {self.experiment.name}",
-                unit="trial",
-                file=sys.stderr,
-                mininterval=2.0,
-            )
+            spec = flatten(trial_data(self.base, params))
+            self.submit(create_run, run, self.client, self.experiment_id, tags, spec)
+        elif not run.is_open and run.status != "FINISHED":
+            run.is_open, run.status = True, "RUNNING"
+            self.submit(self.client.update_run, run.tracker.run_id, "RUNNING")
+        run.seen = True
 
-        def submit(self, function: Any, *args: Any) -> None:
-            """Run `function(*args)` on the writer thread, after everything before it."""
-            self.sent.append(self.writer.submit(function, *args))
+    def trial_result(self, name: str, params: dict[str, Any], result: dict[str, Any]) -> None:
+        """A result of trial `name`, whose coordinates are now `params` (PBT changes them).
+        New results are those past the last one in MLflow by step, then by Tune's
+        iteration (several reports can share a step, as a trial's final metrics share its
+        last step). Not by iteration alone: a trial restarted without a Tune checkpoint but
+        from its own counts iterations from 1 again while its steps go on."""
+        run = self.open_run(name)
+        reached = int(result["training_iteration"])
+        step = int(result.get(STEP, reached))
+        if run is not None and RESUMED_AT in result:
+            # Logged even where the results around it are already in MLflow.
+            run.pending.append((int(result[RESUMED_AT]), {RESUMED_AT: result[RESUMED_AT]}))
+        if run is None or (step, reached) <= run.last_logged:
+            return  # already in MLflow: a trial restored from an older checkpoint
+        metrics = {**result_metrics(result), **self.pbt_values(run, params)}
+        metrics.pop(RESUMED_AT, None)  # logged above, at its own step
+        if step == run.last_logged[0]:
+            # A value repeated at the same step (the sweep's metric, carried into a report
+            # that lacks it) is the same point: logged once.
+            metrics = {k: v for k, v in metrics.items() if run.at_step.get(k) != v}
+            run.at_step.update(metrics)
+        else:
+            run.at_step = dict(metrics)
+        run.last_logged = (step, reached)
+        run.outcome = "stopped" if self.stopped_early(result) else "completed"
+        run.pending.append((step, metrics))
 
-        def drain(self) -> None:
-            """Wait until every request so far is sent; raise the first that failed."""
-            sent, self.sent = self.sent, []
-            for future in sent:
-                future.result()
+    def trial_completed(self, name: str) -> None:
+        """Trial `name` ended normally (or its scheduler stopped it)."""
+        run = self.open_run(name)
+        if run is not None:
+            self.end(run, "FINISHED", {"maestro.trial.outcome": run.outcome or "completed"})
 
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            name = trial_name(trial)
-            params = dict(trial.config)
-            run = self.runs.get(name)
-            if run is not None and not run.seen and run.params != params:
-                # Redrawn differently after a restore: the old run belongs to no trial.
-                self.orphans.append(run)
-                run = None
-            if run is None:
-                run = self.runs[name] = TrialRun(params, is_open=True)
-                tags = {
-                    **self.tags,
-                    "mlflow.runName": self.experiment.trial_run_name(name, params),
-                    "maestro.trial": name,
-                    "maestro.trial.params": json.dumps(params, sort_keys=True),
-                    "arm": params["arm"],
-                    "seed": str(params["seed"]),
-                }
-                spec = flatten(trial_data(self.base, params))
-                self.submit(create_run, run, self.client, self.experiment_id, tags, spec)
-            elif not run.is_open and run.status != "FINISHED":
-                # A trial of an earlier driver continues into its run.
-                run.is_open, run.status = True, "RUNNING"
-                self.submit(self.client.update_run, run.tracker.run_id, "RUNNING")
-            run.seen = True
+    def trial_failed(self, name: str, error: str) -> None:
+        """Trial `name` failed with `error` (its traceback; the last line is kept)."""
+        run = self.open_run(name)
+        if run is not None:
+            lines = error.strip().splitlines() or ["?"]
+            tags = {"maestro.trial.outcome": "error", "maestro.trial.error": lines[-1][:500]}
+            self.end(run, "FAILED", tags)
 
-        def on_trial_result(
-            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-        ) -> None:
-            run = self.open_run(trial)
-            # New results are those past the last one in MLflow by step, then by Tune's
-            # iteration (several reports can share a step, as a trial's final metrics share
-            # its last step). Not by iteration alone: a trial restarted without a Tune
-            # checkpoint but from its own counts iterations from 1 again while its steps
-            # go on.
-            reached = int(result["training_iteration"])
-            step = int(result.get(STEP, reached))
-            if run is not None and RESUMED_AT in result:
-                # Logged even where the results around it are already in MLflow.
-                run.pending.append((int(result[RESUMED_AT]), {RESUMED_AT: result[RESUMED_AT]}))
-            if run is None or (step, reached) <= run.last_logged:
-                return  # already in MLflow: a trial restored from an older checkpoint
-            metrics = {**result_metrics(result), **self.pbt_values(run, trial)}
-            metrics.pop(RESUMED_AT, None)  # logged above, at its own step
-            if step == run.last_logged[0]:
-                # A value repeated at the same step (the sweep's metric, carried into a
-                # report that lacks it) is the same point: logged once.
-                metrics = {k: v for k, v in metrics.items() if run.at_step.get(k) != v}
-                run.at_step.update(metrics)
-            else:
-                run.at_step = dict(metrics)
-            run.last_logged = (step, reached)
-            run.outcome = "stopped" if self.stopped_early(result) else "completed"
-            run.pending.append((step, metrics))
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
-            run = self.open_run(trial)
-            if run is not None:
-                self.end(run, "FINISHED", {"maestro.trial.outcome": run.outcome or "completed"})
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
-            run = self.open_run(trial)
-            if run is not None:
-                lines = str(trial.get_error() or "?").strip().splitlines() or ["?"]
-                tags = {"maestro.trial.outcome": "error", "maestro.trial.error": lines[-1][:500]}
-                self.end(run, "FAILED", tags)
-
-        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
-                self.flush()
-
-        def get_state(self) -> None:
-            # Tune is saving its experiment state: what it may resume from must be in
-            # MLflow first, so only results past it are ever reported twice (and those
-            # are skipped by their step).
+    def tick(self) -> None:
+        """Send what is buffered if `FLUSH_SECONDS` have passed (call it often)."""
+        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
-            self.drain()
 
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            self.flush()
-            complete = len(trials) >= self.experiment.total_trials() and all(
-                trial.status in ("TERMINATED", "ERROR") for trial in trials
-            )
-            if complete:
-                # Runs of samples that were drawn differently after a restore.
-                names = {trial_name(trial) for trial in trials}
-                stale = [run for name, run in self.runs.items() if name not in names]
-                for run in self.orphans + stale:
-                    self.submit(self.client.delete_run, run.tracker.run_id)
-            else:
-                # Interrupted: close the open runs; rerunning the experiment reopens them.
-                for run in self.runs.values():
-                    if run.is_open:
-                        self.end(run, "KILLED", {})
-            self.drain()
-            self.writer.shutdown()
-            self.progress.close()
+    def save(self) -> None:
+        """Send everything buffered and wait: Tune is saving its experiment state, and what
+        it may resume from must be in MLflow first, so only results past it are ever
+        reported twice (and those are skipped by their step)."""
+        self.flush()
+        self.drain()
 
-        def open_run(self, trial: Any) -> TrialRun | None:
-            """The trial's run if this driver has it open (not one that had finished)."""
-            run = self.runs.get(trial_name(trial))
-            return run if run is not None and run.is_open else None
-
-        def end(self, run: TrialRun, status: str, tags: dict) -> None:
-            """Send the run's last results and close it with `status`."""
-            run.tags.update(tags)
-            self.send(run, status)
-            run.is_open, run.status = False, status
-            if status != "KILLED":
-                self.progress.update(1)
-
-        def send(self, run: TrialRun, status: str | None = None) -> None:
-            """Hand the run's buffered results and tags to the writer."""
-            batch, run.pending = run.pending, []
-            tags, run.tags = run.tags, {}
-            self.submit(write_results, run, batch, tags, status)
-
-        def flush(self) -> None:
-            """Hand every open run's buffered results to the writer."""
+    def close(self, trial_names: list[str], complete: bool) -> None:
+        """The experiment ended: `complete` when every trial of it (`trial_names`) ended.
+        Then the runs of samples that a restore drew differently are deleted; otherwise
+        (interrupted) the open runs are closed as KILLED and a rerun reopens them."""
+        self.flush()
+        if complete:
+            stale = [run for name, run in self.runs.items() if name not in set(trial_names)]
+            for run in self.orphans + stale:
+                self.submit(self.client.delete_run, run.tracker.run_id)
+        else:
             for run in self.runs.values():
-                if run.is_open and (run.pending or run.tags):
-                    self.send(run)
-            self.last_flush = time.monotonic()
+                if run.is_open:
+                    self.end(run, "KILLED", {})
+        self.drain()
+        self.writer.shutdown()
+        self.progress.close()
 
-        def stopped_early(self, result: dict) -> bool:
-            """Whether the scheduler stopped the trial at this result before its end. Tune
-            marks the result a scheduler stops on as done (a trainable that returns ends
-            after its last result, unmarked); ASHA also stops every trial at `max_t`."""
-            scheduler = self.experiment.sweep and self.experiment.sweep.scheduler
-            if not result.get("done") or not isinstance(scheduler, AshaScheduler):
-                return False
-            return result.get("training_iteration", 0) < scheduler.max_t
+    def submit(self, function: Any, *args: Any) -> None:
+        """Run `function(*args)` on the writer thread, after everything before it."""
+        self.sent.append(self.writer.submit(function, *args))
 
-        def pbt_values(self, run: TrialRun, trial: Any) -> dict[str, float]:
-            """PBT's values of the keys it mutates: `hp/<key>` metrics at the first result
-            and at each change, and `maestro.hp.<key>` tags (latest value)."""
-            scheduler = self.experiment.sweep and self.experiment.sweep.scheduler
-            if not isinstance(scheduler, PbtScheduler):
-                return {}
-            current = {key: trial.config[key] for key in scheduler.mutations}
-            changed = {k: v for k, v in current.items() if run.hyperparams.get(k) != v}
-            if not changed:
-                return {}
-            if run.hyperparams:
-                run.perturbations += 1
-            run.hyperparams = current
-            run.tags.update({f"maestro.hp.{k}": json.dumps(v) for k, v in changed.items()})
-            run.tags["maestro.pbt.perturbations"] = str(run.perturbations)
-            return {
-                f"hp/{k}": float(v)
-                for k, v in changed.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
+    def drain(self) -> None:
+        """Wait until every request so far is sent; raise the first that failed."""
+        sent, self.sent = self.sent, []
+        for future in sent:
+            future.result()
 
-    TrialTracking.__module__ = __name__
-    return TrialTracking
+    def open_run(self, name: str) -> TrialRun | None:
+        """The trial's run if this driver has it open (not one that had finished)."""
+        run = self.runs.get(name)
+        return run if run is not None and run.is_open else None
+
+    def end(self, run: TrialRun, status: str, tags: dict) -> None:
+        """Send the run's last results and close it with `status`."""
+        run.tags.update(tags)
+        self.send(run, status)
+        run.is_open, run.status = False, status
+        if status != "KILLED":
+            self.progress.update(1)
+
+    def send(self, run: TrialRun, status: str | None = None) -> None:
+        """Hand the run's buffered results and tags to the writer."""
+        batch, run.pending = run.pending, []
+        tags, run.tags = run.tags, {}
+        self.submit(write_results, run, batch, tags, status)
+
+    def flush(self) -> None:
+        """Hand every open run's buffered results to the writer."""
+        for run in self.runs.values():
+            if run.is_open and (run.pending or run.tags):
+                self.send(run)
+        self.last_flush = time.monotonic()
+
+    def stopped_early(self, result: dict) -> bool:
+        """Whether the scheduler stopped the trial at this result before its end. Tune marks
+        the result a scheduler stops on as done (a trainable that returns ends after its
+        last result, unmarked); ASHA also stops every trial at `max_t`."""
+        scheduler = self.experiment.sweep and self.experiment.sweep.scheduler
+        if not result.get("done") or not isinstance(scheduler, AshaScheduler):
+            return False
+        return result.get("training_iteration", 0) < scheduler.max_t
+
+    def pbt_values(self, run: TrialRun, params: dict[str, Any]) -> dict[str, float]:
+        """PBT's values of the keys it mutates: `hp/<key>` metrics at the first result and
+        at each change, and `maestro.hp.<key>` tags (latest value)."""
+        scheduler = self.experiment.sweep and self.experiment.sweep.scheduler
+        if not isinstance(scheduler, PbtScheduler):
+            return {}
+        current = {key: params[key] for key in scheduler.mutations}
+        changed = {k: v for k, v in current.items() if run.hyperparams.get(k) != v}
+        if not changed:
+            return {}
+        if run.hyperparams:
+            run.perturbations += 1
+        run.hyperparams = current
+        run.tags.update({f"maestro.hp.{k}": json.dumps(v) for k, v in changed.items()})
+        run.tags["maestro.pbt.perturbations"] = str(run.perturbations)
+        return {
+            f"hp/{k}": float(v)
+            for k, v in changed.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
