@@ -220,6 +220,15 @@ def test_openai_backend_against_vllm_serve(vllm_server, questions, monkeypatch) 
     check_constrained(make_annotator({**config, "decoding": "choice"}).judge(questions), questions)
     check_constrained(annotator.judge(questions[:3], decoding="choice"), questions[:3])
 
+    # The server applies top_k from the request's extra body: sampling from the single most
+    # likely token is greedy decoding.
+    top_1 = make_annotator({**config, "temperature": 1.0, "top_k": 1})
+    assert top_1.generate(["NetHack"], max_tokens=8) == annotator.generate(["NetHack"], 8)
+    # Unreadable answers are asked once more, the conversation sent back to the server.
+    retried = make_annotator({**config, "retries": 1}).judge(questions[:2])
+    assert all(j.attempts == 2 and "--- attempt 2 ---" in j.raw for j in retried if not j.valid)
+    assert sum(not j.valid for j in retried) >= 1
+
     # The key comes from the environment; without the right one the server refuses, and the
     # error says so without echoing the key.
     monkeypatch.setenv("MAESTRO_TEST_LLM_KEY", "wrong-key")

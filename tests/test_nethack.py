@@ -180,3 +180,31 @@ def test_raw_env_reports_an_abort_at_the_step_limit():
         assert ends[:4] == [0, 0, 0, 0] and ends[4] == env.StepStatus.ABORTED
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("task", ["staircase", "staircase_lvl3", "oracle"])
+def test_sparse_tasks_pay_fifty_on_success_and_nothing_per_step(task):
+    """Motif's sparse tasks: 50 on the step that succeeds, 0 on every other step, where
+    NLE's own staircase task charges the steps on which game time stands still."""
+    from nle.env import tasks as nle_tasks
+
+    walk = np.random.default_rng(3).integers(20, size=300)
+    env, nle_env = make_env(task, seed=3), nle_tasks.NetHackStaircase()
+    try:
+        rewards, nle_rewards = [], []
+        for game, out in ((env, rewards), (nle_env, nle_rewards)):
+            game.reset(seed=3)
+            for action in walk:
+                _, reward, terminated, truncated, _ = game.step(int(action))
+                out.append(reward)
+                if terminated or truncated:
+                    break
+        assert min(nle_rewards) < 0, "the walk must stand still somewhere for this to bite"
+        assert rewards == [0.0] * len(rewards)
+        raw = env.unwrapped
+        seen = raw.last_observation
+        assert raw._reward_fn(seen, 0, seen, raw.StepStatus.TASK_SUCCESSFUL) == 50.0
+        assert raw._reward_fn(seen, 0, seen, raw.StepStatus.RUNNING) == 0.0
+    finally:
+        env.close()
+        nle_env.close()

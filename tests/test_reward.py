@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from maestro.methods.motif.intrinsic import IntrinsicReward, combine
+from maestro.methods.motif.intrinsic import IntrinsicReward, IntrinsicRewardConfig, combine
 from maestro.methods.motif.preferences import PreferenceRecord, PreferenceStore
 from maestro.methods.motif.reward_model import RewardModel
 from maestro.methods.motif.reward_training import PairData, RewardTrainingConfig, train_reward_model
@@ -45,7 +45,7 @@ def synthetic_pairs(n: int, seed: int) -> tuple[PairData, list[str]]:
         target.append(1.0 if sa > sb else 0.0 if sb > sa else 0.5)
         ids.append(f"q{k}")
         seen += [a, b]
-    return PairData(c1, c2, np.array(target, dtype=np.float32), ids), seen
+    return PairData(c1, c2, np.array(target, dtype=np.float32), ids, np.ones(n, np.float32)), seen
 
 
 def test_reward_model_recovers_a_hidden_preference():
@@ -53,7 +53,6 @@ def test_reward_model_recovers_a_hidden_preference():
     epochs = []
     model, metrics = train_reward_model(
         data,
-        captions,
         RewardTrainingConfig(epochs=6, model={"buckets": 4096}),
         seed=0,
         on_epoch=lambda e, m: epochs.append(m),
@@ -67,13 +66,31 @@ def test_reward_model_recovers_a_hidden_preference():
         ["Welcome to experience level 3.", "You kill the newt!", "It's solid stone."]
     )
     assert r[0] > r[2] and r[1] > r[2]
-    # Normalised with dataset statistics.
-    assert np.mean(model.normalised(captions)) == pytest.approx(0.0, abs=1e-3)
-    assert np.std(model.normalised(captions)) == pytest.approx(1.0, abs=1e-3)
+    # Normalised over the captions of the training draws; eps the median of the distinct ones.
+    train, _ = data.split(0.2)
+    drawn = model.normalised(train.caption_1 + train.caption_2)
+    assert np.mean(drawn) == pytest.approx(0.0, abs=1e-3)
+    assert np.std(drawn) == pytest.approx(1.0, abs=1e-3)
+    distinct = sorted(set(train.caption_1 + train.caption_2))
+    assert model.norm.threshold == pytest.approx(np.median(model.normalised(distinct)), abs=1e-6)
 
     again = RewardModel.from_bytes(model.to_bytes())
     np.testing.assert_allclose(again.normalised(captions[:50]), model.normalised(captions[:50]))
     assert again.norm == model.norm
+
+
+def test_draw_counts_weigh_in_the_loss():
+    """A pair drawn 9 times and the same pair labelled the other way, drawn once: the
+    model follows the frequent draws (with equal weights it could not tell them apart)."""
+    a, b = "You find a hidden passage.", "You hear some noises."
+    target = np.array([1.0, 0.0], np.float32)  # question 1 says a, question 2 says b
+    config = RewardTrainingConfig(epochs=40, batch_size=2, validation_fraction=1e-6)
+    for weights, winner in (([9.0, 1.0], a), ([1.0, 9.0], b)):
+        data = PairData([a, a], [b, b], target, ["q1", "q2"], np.array(weights, np.float32))
+        model, metrics = train_reward_model(data, config, seed=0)
+        assert metrics["train_draws"] == 10
+        r_a, r_b = model.raw([a, b])
+        assert (r_a > r_b) == (winner == a)
 
 
 def test_split_is_by_pair_and_stable():
@@ -100,7 +117,11 @@ def test_intrinsic_reward_by_hand():
     # Counts carry over to the next fragment of the same episode; the cache saves calls.
     np.testing.assert_allclose(reward.episode_rewards(["good"], counts), [2.0 / 64])
     assert sum(len(c) for c in calls) == 3
-    np.testing.assert_allclose(combine([1.0, 2.0], [10.0, 0.0], 0.5, 0.1), [1.5, 1.0])
+    # a1 * r_int + a2 * clip(scale * r_env, -clip, clip): 0.5 * 1 + 2 * min(0.1 * 300, 10).
+    mix = IntrinsicRewardConfig(coef_intrinsic=0.5, coef_extrinsic=2.0)
+    np.testing.assert_allclose(combine([1.0, 2.0], [300.0, -20.0], mix), [20.5, -3.0])
+    unclipped = mix.model_copy(update={"extrinsic_clip": None, "extrinsic_scale": 1.0})
+    np.testing.assert_allclose(combine([1.0], [300.0], unclipped), [600.5])
 
 
 def record(qid: str, label) -> PreferenceRecord:

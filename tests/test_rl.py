@@ -62,7 +62,11 @@ def liking_reward_model(seed: int = 0) -> RewardModel:
         second.append(pair[1])
         target.append(1.0 if i % 2 else 0.0)
     data = PairData(
-        first, second, np.array(target, np.float32), [f"q{i}" for i in range(len(target))]
+        first,
+        second,
+        np.array(target, np.float32),
+        [f"q{i}" for i in range(len(target))],
+        np.ones(len(target), np.float32),
     )
     config = RewardTrainingConfig(
         model=RewardModelConfig(buckets=1024, embedding_dim=8, hidden=16),
@@ -71,7 +75,7 @@ def liking_reward_model(seed: int = 0) -> RewardModel:
         learning_rate=0.03,
         threshold_quantile=0.9,
     )
-    model, metrics = train_reward_model(data, [LIKED, *OTHERS], config, seed=seed)
+    model, metrics = train_reward_model(data, config, seed=seed)
     assert metrics["val_accuracy"] == 1.0
     return model
 
@@ -155,7 +159,8 @@ def fragments(game: dict, cuts: list[int], ends: bool) -> list:
 
 def test_connector_carries_caption_counts_across_fragments(reward_model):
     game = played_game(600, seed=3)
-    step_captions = [caption(o["message"]) for o in game["obs"][1:]]
+    # Each action is rewarded for the caption of the observation it was taken from.
+    step_captions = [caption(o["message"]) for o in game["obs"][:-1]]
     extrinsic = np.asarray(game["rewards"], dtype=np.float64)
     beta, a1, a2 = 0.5, 1.0, 0.1
     # The reference: the whole episode at once, one Counter.
@@ -164,8 +169,9 @@ def test_connector_carries_caption_counts_across_fragments(reward_model):
     assert (r_int > 0).sum() >= 5, "the game must show liked captions for this test to bite"
     assert Counter(step_captions)[LIKED] >= 2, "and repeat one, so counts matter"
 
+    mix = IntrinsicRewardConfig(coef_intrinsic=a1, coef_extrinsic=a2, beta=beta)
     connector = IntrinsicRewardConnector(
-        reward_model=reward_model.to_bytes(), coef_intrinsic=a1, coef_extrinsic=a2, beta=beta
+        reward_model=reward_model.to_bytes(), intrinsic=mix.model_dump()
     )
     n = len(step_captions)
     cuts = [n // 6, n // 2, n // 2 + 1, 4 * n // 5]
@@ -174,7 +180,10 @@ def test_connector_carries_caption_counts_across_fragments(reward_model):
     for piece in pieces:
         connector(rl_module=None, batch={}, episodes=[piece], explore=False, shared_data={})
     shaped = np.concatenate([p.get_rewards() for p in pieces])
-    np.testing.assert_allclose(shaped, a1 * r_int + a2 * extrinsic, rtol=1e-5, atol=1e-6)
+    # Motif's mix: the env reward scaled by 0.1 and clipped to [-10, 10] (the defaults).
+    scaled = np.clip(0.1 * extrinsic, -10, 10)
+    assert (extrinsic != 0).any(), "the game must score for the mix to be checked"
+    np.testing.assert_allclose(shaped, a1 * r_int + a2 * scaled, rtol=1e-5, atol=1e-6)
     stats = connector.drain()
     assert stats["episodes"] == 1
     assert stats["intrinsic_return_sum"] == pytest.approx(r_int.sum(), rel=1e-6)
@@ -186,7 +195,7 @@ def test_connector_carries_caption_counts_across_fragments(reward_model):
     # A fragment whose predecessor never reached this learner starts fresh counts, is
     # counted, and its episode's (partial) returns are not reported.
     lossy = IntrinsicRewardConnector(
-        reward_model=reward_model.to_bytes(), coef_intrinsic=a1, coef_extrinsic=a2, beta=beta
+        reward_model=reward_model.to_bytes(), intrinsic=mix.model_dump()
     )
     pieces = fragments(game, cuts[1::2], ends=True)
     for piece in (pieces[0], pieces[2]):
@@ -194,7 +203,7 @@ def test_connector_carries_caption_counts_across_fragments(reward_model):
     last = cuts[3]
     fresh = reference.episode_rewards(step_captions[last:], Counter())
     np.testing.assert_allclose(
-        pieces[2].get_rewards(), a1 * fresh + a2 * extrinsic[last:], rtol=1e-5, atol=1e-6
+        pieces[2].get_rewards(), a1 * fresh + a2 * scaled[last:], rtol=1e-5, atol=1e-6
     )
     stats = lossy.drain()
     assert stats["fragments_without_predecessor"] == 1
@@ -209,7 +218,8 @@ def test_learner_pipeline_shapes_rewards_before_the_algorithms_own_pieces(reward
     game = played_game(64, seed=5)
     extrinsic = np.asarray(game["rewards"], dtype=np.float64)
     expected = IntrinsicReward(reward_model.normalised, reward_model.norm.threshold, 0.0)
-    step_captions = [caption(o["message"]) for o in game["obs"][1:]]
+    # Each action is rewarded for the caption of the observation it was taken from.
+    step_captions = [caption(o["message"]) for o in game["obs"][:-1]]
     combined = 2.0 * expected.episode_rewards(step_captions, Counter()) + 0.5 * extrinsic
     for algorithm in ("appo", "ppo"):
         config = TrainingConfig(
@@ -218,7 +228,14 @@ def test_learner_pipeline_shapes_rewards_before_the_algorithms_own_pieces(reward
             train_batch_size=64,
             agent=AgentConfig(screen_channels=[4], screen_dim=16, core_dim=16),
         )
-        settings = learner_settings(reward_model, 2.0, 0.5, 0.0)
+        mix = IntrinsicRewardConfig(
+            coef_intrinsic=2.0,
+            coef_extrinsic=0.5,
+            beta=0.0,
+            extrinsic_scale=1.0,
+            extrinsic_clip=None,
+        )
+        settings = learner_settings(reward_model, mix)
         algo_config = algorithm_config("score", config, seed=0, epoch=0, settings=settings)
         env = make_env("score")
         learner = algo_config.build_learner(env=env)
@@ -411,7 +428,7 @@ def test_training_with_the_intrinsic_reward_raises_it(
     # The last checkpoint is the trained agent: restored into a fresh algorithm, it plays
     # the evaluation games exactly as the run did.
     assert trial.state["loop"]["env_steps"] == result.env_steps
-    settings = learner_settings(reward_model, 1.0, 0.0, 0.0)
+    settings = learner_settings(reward_model, intrinsic)
     algo = algorithm_config("score", config, seed=0, epoch=1, settings=settings).build_algo()
     try:
         restore_algorithm(algo, trial.state[ALGORITHM])

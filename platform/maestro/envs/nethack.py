@@ -5,13 +5,15 @@ Tasks (`TASKS`, by name):
 - `score`: NLE's NetHackScore (reward = in-game score gained).
 - `staircase`, `staircase_lvl3`, `staircase_lvl4`: reach dungeon level 2, 3 or 4, as Motif
   defines them. NLE's own NetHackStaircase succeeds when the agent merely stands on a down
-  staircase (`internal[4]`), so these are `NetHackDescend`: NetHackStaircase's reward
-  (1 on success plus its time penalty) with success when the depth in the bottom line
-  (`blstats[NLE_BL_DEPTH]`) reaches the target. Any way down counts (stairs, trap door,
-  hole); Motif additionally required the message "You descend the stairs".
-- `staircase_pet`: NLE's NetHackStaircasePet (on a down staircase with the pet adjacent).
-- `oracle`: NLE's NetHackOracle (next to the Oracle), refusing success while hallucinating:
-  Motif found agents that hallucinate to "see" the Oracle without reaching it.
+  staircase (`internal[4]`), so these are `NetHackDescend`: success when the depth in the
+  bottom line (`blstats[NLE_BL_DEPTH]`) reaches the target, rewarded as Motif's sparse
+  tasks (`SparseSuccessReward`). Any way down counts (stairs, trap door, hole); Motif's code
+  also matches a descend message (docs/methods/motif.md says why Maestro does not).
+- `staircase_pet`: NLE's NetHackStaircasePet (on a down staircase with the pet adjacent),
+  with NLE's reward: Maestro's own task, not Motif's.
+- `oracle`: NLE's NetHackOracle (next to the Oracle), rewarded as Motif's sparse tasks and
+  refusing success while hallucinating: Motif found agents that hallucinate to "see" the
+  Oracle without reaching it (its oracle-sober task).
 
 Each task carries a natural-language `goal` (what the embedding annotator scores captions
 against) and a `preference` (the key of the prompt's task modifier: `score` or `descend`).
@@ -49,7 +51,18 @@ TASK_SUCCESSFUL = int(nle_tasks.NetHackStaircase.StepStatus.TASK_SUCCESSFUL)
 EPISODE_FIELDS = ("extrinsic_return", "score", "depth", "distinct_messages", "length", "success")
 
 
-class NetHackDescend(nle_tasks.NetHackStaircase):
+class SparseSuccessReward:
+    """Motif's sparse-task reward: `success_reward` (50) on the step that succeeds, else 0,
+    with no time penalty (NLE's tasks charge each step on which game time stands still).
+    The episode ends on success (NLE's task status)."""
+
+    success_reward: float = 50.0
+
+    def _reward_fn(self, last_observation, action, observation, end_status):
+        return self.success_reward if end_status == TASK_SUCCESSFUL else 0.0
+
+
+class NetHackDescend(SparseSuccessReward, nle_tasks.NetHackStaircase):
     """Reach dungeon depth `target_depth` (Motif's staircase tasks: 2, 3 or 4)."""
 
     def __init__(self, *args: Any, target_depth: int = 2, **kwargs: Any):
@@ -64,7 +77,7 @@ class NetHackDescend(nle_tasks.NetHackStaircase):
         return self.StepStatus.RUNNING
 
 
-class NetHackOracleSober(nle_tasks.NetHackOracle):
+class NetHackOracleSober(SparseSuccessReward, nle_tasks.NetHackOracle):
     """NLE's Oracle task, but standing next to the Oracle only counts when not
     hallucinating (a hallucinating agent sees random monsters, the Oracle among them)."""
 

@@ -17,7 +17,9 @@ text (code generation, agents). Backends, chosen by `AnnotatorConfig.backend`:
 - `hf`: transformers `generate` on CPU or GPU.
 
 Text backends ask with the prompt file (`maestro/llm/prompts/`) and read answers with
-`maestro.llm.parsing`. With `decoding: choice` they ask for a bare answer and constrain it
+`maestro.llm.parsing`; with `retries`, a question whose answer cannot be read is asked again
+(the conversation so far plus the prompt's `retry` message), and only if no attempt gives a
+label is it invalid. With `decoding: choice` they ask for a bare answer and constrain it
 to the prompt's `choices` where the backend can: vLLM's structured outputs (in process and
 through `vllm serve`), and for `hf` by scoring each choice's likelihood. No backend
 downloads weights: `model` is a local path or an `s3://` prefix copied to a local cache.
@@ -35,13 +37,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maestro.llm.parsing import parse_answer
 from maestro.llm.prompts import PromptSet, TaskText, load_prompt_set, messages_to_text
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
 
 Backend = Literal["embedding", "vllm", "openai", "hf"]
 Decoding = Literal["free", "choice"]
@@ -117,6 +122,19 @@ class AnnotatorConfig(StrictOptions):
     max_tokens: int = Field(default=512, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(
+        default=0,
+        ge=0,
+        description="sample only from the k most likely tokens; 0: off. vllm and hf apply it; "
+        "openai sends it only when set, which vLLM's server (vllm serve) accepts and the "
+        "OpenAI API itself rejects",
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        description="times a question whose answer cannot be read is asked again, with the "
+        "prompt's `retry` message; still unreadable after them: invalid",
+    )
     seed: int = 0
     embedding: EmbeddingOptions = Field(default_factory=EmbeddingOptions)
     vllm: VllmOptions = Field(default_factory=VllmOptions)
@@ -142,21 +160,38 @@ class PairQuestion:
     task: TaskText
 
 
+# Between the answers of successive attempts in `Judgement.raw`.
+ATTEMPT_SEPARATOR = "\n\n--- attempt {number} ---\n\n"
+
+
 @dataclass(frozen=True)
 class Judgement:
     """One answer: `label` 1 or 2 (that caption shows more progress), 0 (neither), or None
-    (invalid: `reason` says why); `raw` is the model's whole answer."""
+    (invalid: `reason` says why), read from the last attempt; `raw` is the model's whole
+    answer, or with retries every attempt's answer in order, joined by ATTEMPT_SEPARATOR;
+    `attempts` is how many times the question was asked."""
 
     label: int | None
     raw: str
     model: str
     prompt_version: str
     reason: str
+    attempts: int = 1
 
     @property
     def valid(self) -> bool:
         """Whether the answer gave a label."""
         return self.label is not None
+
+
+def join_attempts(answers: Sequence[str]) -> str:
+    """The answers of successive attempts as one text: the first, then each later one after
+    ATTEMPT_SEPARATOR with its number."""
+    later = (
+        ATTEMPT_SEPARATOR.format(number=number) + answer
+        for number, answer in enumerate(answers[1:], start=2)
+    )
+    return answers[0] + "".join(later)
 
 
 @dataclass(frozen=True)
@@ -356,39 +391,79 @@ class TextAnnotator(Annotator):
     ) -> list[Completion]:
         """Generate for each prompt; with `choices`, constrain the answer to one of them."""
 
-    def question_prompt(self, question: PairQuestion, direct: bool = False) -> Prompt:
-        """The prompt that asks `question` (`direct`: for a bare choice), as chat messages or
-        plain text per `chat`."""
-        messages = self.prompts.messages(
-            question.caption_1, question.caption_2, question.task, direct=direct
-        )
+    def as_prompt(self, messages: list[dict[str, str]]) -> Prompt:
+        """`messages` as chat messages or plain text, per `chat`."""
         return messages if self.config.chat else messages_to_text(messages)
+
+    def read(self, completion: Completion, constrained: bool) -> tuple[int | None, str]:
+        """The label and reason of one answer: an exact choice under constrained decoding,
+        otherwise what the parser reads."""
+        exact = self.prompts.choices.get(completion.text.strip()) if constrained else None
+        if exact is not None:
+            return exact, "choice"
+        verdict = parse_answer(completion.text, completion.truncated)
+        return verdict.label, verdict.reason
 
     def judge(
         self, questions: Sequence[PairQuestion], decoding: Decoding | None = None
     ) -> list[Judgement]:
-        if not questions:
-            return []
+        """See `Annotator.judge`. Questions whose answer cannot be read are asked again, up
+        to `retries` times, all of them in one batch per attempt."""
         constrained = (decoding or self.config.decoding) == "choice"
         choices = list(self.prompts.choices) if constrained else None
-        prompts = [self.question_prompt(question, constrained) for question in questions]
-        completions = self.complete(prompts, choices, self.config.max_tokens)
-        judgements = []
-        for completion in completions:
-            exact = self.prompts.choices.get(completion.text.strip()) if constrained else None
-            if exact is not None:
-                label, reason = exact, "choice"
-            else:
-                verdict = parse_answer(completion.text, completion.truncated)
-                label, reason = verdict.label, verdict.reason
-            judgements.append(
-                Judgement(label, completion.text, self.model_id, self.prompt_version, reason)
+        conversations = [
+            self.prompts.messages(q.caption_1, q.caption_2, q.task, direct=constrained)
+            for q in questions
+        ]
+        answers: list[list[str]] = [[] for _ in questions]
+        readings: list[tuple[int | None, str]] = [(None, "")] * len(questions)
+        pending = list(range(len(questions)))
+        for _ in range(1 + self.config.retries):
+            if not pending:
+                break
+            prompts = [self.as_prompt(conversations[index]) for index in pending]
+            completions = self.complete(prompts, choices, self.config.max_tokens)
+            for index, completion in zip(pending, completions, strict=True):
+                answers[index].append(completion.text)
+                readings[index] = self.read(completion, constrained)
+            pending = [index for index in pending if readings[index][0] is None]
+            for index in pending:
+                conversations[index] = self.prompts.retry_messages(
+                    conversations[index], answers[index][-1]
+                )
+        return [
+            Judgement(
+                label,
+                join_attempts(attempts),
+                self.model_id,
+                self.prompt_version,
+                reason,
+                len(attempts),
             )
-        return judgements
+            for (label, reason), attempts in zip(readings, answers, strict=True)
+        ]
 
     def generate(self, prompts: Sequence[Prompt], max_tokens: int | None = None) -> list[str]:
         completions = self.complete(prompts, None, max_tokens or self.config.max_tokens)
         return [completion.text for completion in completions]
+
+
+def vllm_sampling_params(
+    config: AnnotatorConfig, choices: list[str] | None, max_tokens: int
+) -> SamplingParams:
+    """vLLM's `SamplingParams` for `config` (top_k 0 is vLLM's own "off"), constrained to
+    `choices` when given."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        seed=config.seed,
+        structured_outputs=StructuredOutputsParams(choice=choices) if choices else None,
+    )
 
 
 class VllmAnnotator(TextAnnotator):
@@ -405,16 +480,7 @@ class VllmAnnotator(TextAnnotator):
     def complete(
         self, prompts: Sequence[Prompt], choices: list[str] | None, max_tokens: int
     ) -> list[Completion]:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            seed=self.config.seed,
-            structured_outputs=StructuredOutputsParams(choice=choices) if choices else None,
-        )
+        params = vllm_sampling_params(self.config, choices, max_tokens)
         results: list[Completion | None] = [None] * len(prompts)
         chats = [index for index, prompt in enumerate(prompts) if not isinstance(prompt, str)]
         texts = [index for index, prompt in enumerate(prompts) if isinstance(prompt, str)]
@@ -431,6 +497,28 @@ class VllmAnnotator(TextAnnotator):
         engine = getattr(self.llm, "llm_engine", None)
         if engine is not None and hasattr(engine, "engine_core"):
             engine.engine_core.shutdown()
+
+
+def openai_request_options(
+    config: AnnotatorConfig, choices: list[str] | None, max_tokens: int
+) -> dict[str, Any]:
+    """The sampling fields of a completion request for `config`. vLLM's own fields go in
+    the extra body: `top_k` only when set (the OpenAI API rejects it) and, with `choices`,
+    structured outputs (servers without them ignore the field and the answer is parsed as
+    free text)."""
+    extra: dict[str, Any] = {}
+    if config.top_k:
+        extra["top_k"] = config.top_k
+    if choices:
+        extra["structured_outputs"] = {"choice": choices}
+    return {
+        "model": config.model,
+        "max_tokens": max_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "seed": config.seed,
+        "extra_body": extra or None,
+    }
 
 
 class OpenAIAnnotator(TextAnnotator):
@@ -457,16 +545,7 @@ class OpenAIAnnotator(TextAnnotator):
     def _one(self, prompt: Prompt, choices: list[str] | None, max_tokens: int) -> Completion:
         import openai
 
-        common = {
-            "model": self.config.model,
-            "max_tokens": max_tokens,
-            "temperature": self.config.temperature,
-            "top_p": self.config.top_p,
-            "seed": self.config.seed,
-            # vLLM's structured outputs; servers without them ignore the field and the
-            # answer is parsed as free text.
-            "extra_body": {"structured_outputs": {"choice": choices}} if choices else None,
-        }
+        common = openai_request_options(self.config, choices, max_tokens)
         try:
             if isinstance(prompt, str):
                 response = self.client.completions.create(prompt=prompt, **common)
@@ -491,6 +570,19 @@ class OpenAIAnnotator(TextAnnotator):
 
     def close(self) -> None:
         self.client.close()
+
+
+def hf_sampling_kwargs(config: AnnotatorConfig) -> dict[str, Any]:
+    """The sampling arguments of transformers' `generate` for `config`: greedy at
+    temperature 0, otherwise sampling with temperature, top_p and top_k (0 is passed as is:
+    left unset, transformers would apply its default of 50)."""
+    sampling = config.temperature > 0
+    return {
+        "do_sample": sampling,
+        "temperature": config.temperature if sampling else None,
+        "top_p": config.top_p if sampling else None,
+        "top_k": config.top_k if sampling else None,
+    }
 
 
 class HfAnnotator(TextAnnotator):
@@ -544,14 +636,11 @@ class HfAnnotator(TextAnnotator):
                 padding=True,
                 add_special_tokens=special,
             ).to(self.device)
-            sampling = self.config.temperature > 0
             with torch.no_grad():
                 output = self.model.generate(
                     **encoded,
+                    **hf_sampling_kwargs(self.config),
                     max_new_tokens=max_tokens,
-                    do_sample=sampling,
-                    temperature=self.config.temperature if sampling else None,
-                    top_p=self.config.top_p if sampling else None,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             new_tokens = output[:, encoded["input_ids"].shape[1] :]

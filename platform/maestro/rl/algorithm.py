@@ -42,6 +42,9 @@ class RLlibConfig(BaseModel):
     entropy_coeff: float = Field(default=0.01, ge=0)
     vf_loss_coeff: float = Field(default=0.5, ge=0)
     grad_clip: float = Field(default=4.0, gt=0)
+    clip_param: float | None = Field(
+        default=None, gt=0, description="policy-ratio clip; None: RLlib's (APPO 0.4, PPO 0.3)"
+    )
     min_iteration_seconds: float = Field(
         default=5.0, ge=0, description="an iteration (one log line) lasts at least this long"
     )
@@ -138,6 +141,7 @@ def rllib_config(
             entropy_coeff=config.entropy_coeff,
             vf_loss_coeff=config.vf_loss_coeff,
             grad_clip=config.grad_clip,
+            **({"clip_param": config.clip_param} if config.clip_param is not None else {}),
             **algo_training,
         )
         .rl_module(rl_module_spec=module_spec)

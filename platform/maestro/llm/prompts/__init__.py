@@ -1,10 +1,12 @@
 """Prompts as data: YAML files in this folder, loaded by name, or any YAML file by path.
 
 A prompt file holds a `version` id, a `system` message, the free-form `user` template, the
-constrained-choice `direct_user` template with its `choices` (answer text -> label), and
-`tasks`: per task a `modifier` (the sentence that steers the language model) and a `goal`
-(what the embedding backend compares captions with). Templates name their fields in braces:
-`{modifier}`, `{caption_1}`, `{caption_2}`; any other brace is literal text.
+constrained-choice `direct_user` template with its `choices` (answer text -> label), the
+`retry` message (sent after an answer that could not be read, asking for the final answer
+in the required format), and `tasks`: per task a `modifier` (the sentence that steers the
+language model) and a `goal` (what the embedding backend compares captions with). Templates
+name their fields in braces: `{modifier}`, `{caption_1}`, `{caption_2}`; any other brace is
+literal text. `retry` is plain text and names no fields.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class PromptSet:
     user: str
     direct_user: str
     choices: dict[str, int]
+    retry: str
     tasks: dict[str, TaskText]
 
     def task(self, name: str) -> TaskText:
@@ -65,11 +68,27 @@ class PromptSet:
         user = FIELD_PATTERN.sub(lambda match: values[match.group(1)], template)
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
+    def retry_messages(self, messages: list[dict[str, str]], answer: str) -> list[dict[str, str]]:
+        """The conversation `messages` continued with the model's unreadable `answer` and the
+        `retry` message asking for the final answer in the required format."""
+        return [
+            *messages,
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": self.retry},
+        ]
+
 
 def messages_to_text(messages: list[dict[str, str]]) -> str:
-    """A plain-text prompt for models without a chat template: the messages in order, then
-    the cue for the answer."""
-    return "\n\n".join(message["content"] for message in messages) + "\n\nAnswer:"
+    """A plain-text prompt for models without a chat template: the messages in order, each
+    earlier answer (assistant message) after the cue `Answer:`, then the cue for the next
+    answer."""
+    parts = [
+        f"Answer: {message['content'].strip()}"
+        if message["role"] == "assistant"
+        else message["content"]
+        for message in messages
+    ]
+    return "\n\n".join(parts) + "\n\nAnswer:"
 
 
 def _text(raw: dict, key: str, where: str) -> str:
@@ -114,6 +133,9 @@ def load_prompt_set(name: str = "motif") -> PromptSet:
     direct_user = _text(raw, "direct_user", where)
     _check_template(user, "user", where)
     _check_template(direct_user, "direct_user", where)
+    retry = _text(raw, "retry", where)
+    if FIELD_PATTERN.search(retry):
+        raise PromptError(f"{where}: `retry` is plain text; it names no fields")
     choices = raw.get("choices")
     if (
         not isinstance(choices, dict)
@@ -138,5 +160,6 @@ def load_prompt_set(name: str = "motif") -> PromptSet:
         user=user,
         direct_user=direct_user,
         choices={str(text): int(label) for text, label in choices.items()},
+        retry=retry,
         tasks=tasks,
     )

@@ -63,7 +63,7 @@ def prepare(ctx) -> dict[str, Any]:
             preferences, labels = stage_annotate(ctx, captions, dataset)
             made["preferences"] = labels
             if "reward" in cfg.stages:
-                made["reward_model"] = stage_reward(ctx, captions, preferences, labels)
+                made["reward_model"] = stage_reward(ctx, preferences, labels)
         ctx.store.put_json(ctx.key(PREPARED), made)
     if "train" in cfg.stages:
         stored_reward_model(ctx.store, source)  # fails here, not in every trial

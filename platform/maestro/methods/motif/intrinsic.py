@@ -2,10 +2,12 @@
 
     r_int(c) = 1[r(c) >= eps] * r(c) / N_episode(c)^beta
 
-where r is the reward model's output normalised with the dataset statistics, eps the
-threshold stored with the model, and N_episode(c) how many times caption c has been seen so
-far in the episode (this occurrence included). The agent trains on
-`coef_intrinsic * r_int + coef_extrinsic * r_ext`.
+where c is the caption of the observation the action was taken from, r the reward model's
+output normalised with its training statistics, eps the threshold stored with the model,
+and N_episode(c) how many times caption c has been seen so far in the episode (this
+occurrence included). The agent trains on, as Motif:
+
+    a1 * r_int + a2 * clip(scale * r_env, -clip, clip)
 
 The reward model is evaluated once per distinct caption: captions repeat heavily, so a cache
 makes the reward almost free on the learner.
@@ -21,18 +23,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class IntrinsicRewardConfig(BaseModel):
-    """The four numbers of Motif's reward combination (in every Motif spec)."""
+    """The numbers of Motif's reward combination (in every Motif spec)."""
 
     model_config = ConfigDict(extra="forbid")
 
     coef_intrinsic: float = Field(default=0.1, ge=0, description="a1")
     coef_extrinsic: float = Field(default=0.0, ge=0, description="a2")
+    extrinsic_scale: float = Field(default=0.1, gt=0, description="r_env's scale before a2")
+    extrinsic_clip: float | None = Field(
+        default=10.0, gt=0, description="|scale * r_env| clipped to this (None: no clip)"
+    )
     beta: float = Field(default=3.0, ge=0, description="count exponent")
     threshold_quantile: float | None = Field(
         default=None,
         ge=0,
         le=1,
-        description="eps as a quantile of dataset rewards; None uses the model's own threshold",
+        description="eps as a quantile of the normalised rewards of the dataset's distinct "
+        "captions; None uses the reward model's own threshold",
     )
 
 
@@ -71,7 +78,10 @@ class IntrinsicReward:
 
 
 def combine(
-    intrinsic: np.ndarray, extrinsic: np.ndarray, coef_intrinsic: float, coef_extrinsic: float
+    intrinsic: np.ndarray, extrinsic: np.ndarray, config: IntrinsicRewardConfig
 ) -> np.ndarray:
-    """The reward the agent trains on: a1 * r_int + a2 * r_ext."""
-    return coef_intrinsic * np.asarray(intrinsic) + coef_extrinsic * np.asarray(extrinsic)
+    """The reward the agent trains on: a1 * r_int + a2 * clip(scale * r_env, -clip, clip)."""
+    scaled = config.extrinsic_scale * np.asarray(extrinsic, dtype=np.float64)
+    if config.extrinsic_clip is not None:
+        scaled = np.clip(scaled, -config.extrinsic_clip, config.extrinsic_clip)
+    return config.coef_intrinsic * np.asarray(intrinsic) + config.coef_extrinsic * scaled

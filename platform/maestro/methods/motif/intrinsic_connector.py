@@ -2,9 +2,10 @@
 
 Episodes reach the learner as fragments (APPO cuts them every `rollout_fragment_length`
 steps; PPO cuts them at the end of each sample call). For each fragment, this connector
-reads the captions (message lines) of the observations that follow each step, computes
-r_int with `IntrinsicReward` (the reward model runs once per distinct caption, cached), and
-overwrites the fragment's rewards with `a1 * r_int + a2 * r_ext`. It runs first in the
+reads the captions (message lines) of the observations each action was taken from,
+computes r_int with `IntrinsicReward` (the reward model runs once per distinct caption,
+cached), and overwrites the fragment's rewards with the combination of `intrinsic.combine`.
+It runs first in the
 learner pipeline, so the rewards that GAE (PPO) or v-trace (APPO) see are already the
 combined ones.
 
@@ -38,7 +39,7 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 
 from maestro.envs.nethack import captions
-from maestro.methods.motif.intrinsic import IntrinsicReward, combine
+from maestro.methods.motif.intrinsic import IntrinsicReward, IntrinsicRewardConfig, combine
 from maestro.methods.motif.reward_model import RewardModel
 from maestro.rl.results import finite
 
@@ -77,13 +78,11 @@ class FragmentShaper:
     def __init__(
         self,
         intrinsic: IntrinsicReward,
-        coef_intrinsic: float,
-        coef_extrinsic: float,
+        mix: IntrinsicRewardConfig,
         max_open_episodes: int = MAX_OPEN_EPISODES,
     ):
         self.intrinsic = intrinsic
-        self.coef_intrinsic = coef_intrinsic
-        self.coef_extrinsic = coef_extrinsic
+        self.mix = mix
         self.max_open_episodes = max_open_episodes
         self.open: OrderedDict[str, OpenEpisode] = OrderedDict()
         self.fragments_without_predecessor = 0
@@ -107,8 +106,8 @@ class FragmentShaper:
         done: bool,
     ) -> tuple[np.ndarray, np.ndarray, FinishedEpisode | None]:
         """(combined rewards, r_int, the finished episode if `done` and seen whole) for
-        one fragment: `step_captions[i]` is the caption after step i, `extrinsic[i]` its
-        env reward."""
+        one fragment: `step_captions[i]` is the caption of the observation action i was
+        taken from, `extrinsic[i]` its env reward."""
         state = self._episode(episode_id, t_started)
         r_int = self.intrinsic.episode_rewards(step_captions, state.counts)
         extrinsic = np.asarray(extrinsic, dtype=np.float64)
@@ -123,12 +122,14 @@ class FragmentShaper:
             self.open[episode_id] = state
             while len(self.open) > self.max_open_episodes:
                 self.open.popitem(last=False)
-        combined = combine(r_int, extrinsic, self.coef_intrinsic, self.coef_extrinsic)
+        combined = combine(r_int, extrinsic, self.mix)
         return combined, r_int, finished
 
 
 class IntrinsicRewardConnector(ConnectorV2):
-    """Learner connector piece: rewards <- a1 * r_int + a2 * r_ext (see module docs)."""
+    """Learner connector piece: rewards <- Motif's combination (see module docs);
+    `intrinsic` is an `IntrinsicRewardConfig` as a dict, `threshold` eps (None: the
+    reward model's own)."""
 
     def __init__(
         self,
@@ -136,18 +137,15 @@ class IntrinsicRewardConnector(ConnectorV2):
         input_action_space=None,
         *,
         reward_model: bytes,
-        coef_intrinsic: float,
-        coef_extrinsic: float,
-        beta: float,
+        intrinsic: dict[str, Any],
         threshold: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(input_observation_space, input_action_space, **kwargs)
         model = RewardModel.from_bytes(reward_model)
+        mix = IntrinsicRewardConfig.model_validate(intrinsic)
         eps = model.norm.threshold if threshold is None else threshold
-        self.shaper = FragmentShaper(
-            IntrinsicReward(model.normalised, eps, beta), coef_intrinsic, coef_extrinsic
-        )
+        self.shaper = FragmentShaper(IntrinsicReward(model.normalised, eps, mix.beta), mix)
         self.totals: Counter = Counter()
 
     def __call__(
@@ -169,8 +167,9 @@ class IntrinsicRewardConnector(ConnectorV2):
         for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             if len(episode) == 0:
                 continue
-            # Observations 1..T of the fragment follow its T steps (0 is where it started).
-            messages = episode.get_observations(slice(1, None))["message"]
+            # Actions 0..T-1 of the fragment were taken from its observations 0..T-1 (T is
+            # where the next fragment starts).
+            messages = episode.get_observations(slice(0, len(episode)))["message"]
             combined, r_int, done = self.shaper.shape(
                 episode.id_,
                 episode.t_started,
@@ -248,19 +247,13 @@ class IntrinsicRewardPPOLearner(IntrinsicRewardLearnerMixin, PPOTorchLearner):
 
 
 def learner_settings(
-    reward_model: RewardModel,
-    coef_intrinsic: float,
-    coef_extrinsic: float,
-    beta: float,
-    threshold: float | None = None,
+    reward_model: RewardModel, intrinsic: IntrinsicRewardConfig, threshold: float | None = None
 ) -> dict[str, Any]:
     """The `learner_config_dict` entry that turns the connector on."""
     return {
         SETTINGS_KEY: {
             "reward_model": reward_model.to_bytes(),
-            "coef_intrinsic": coef_intrinsic,
-            "coef_extrinsic": coef_extrinsic,
-            "beta": beta,
+            "intrinsic": intrinsic.model_dump(),
             "threshold": threshold,
         }
     }

@@ -14,8 +14,9 @@ stands for (`count`), so the reward model can still weight it as Motif's dataset
   id, not from the draw, so a question is always asked the same way, and which caption
   comes first is unrelated to what the captions say (sorted order would put the empty
   caption first every time, and language models favour positions).
-- Identical captions (both draws show the same caption) are dropped by default: the answer
-  is a tie and a Bradley-Terry model learns nothing from it.
+- Identical captions (both draws show the same caption) are questions too, never sent to
+  the annotator: their answer is a tie, as in Motif. The loss learns nothing from them, but
+  their captions count in the reward's normalisation (`reward_training.py`).
 - `pending(questions, answered_ids)`: the questions still to ask.
 """
 
@@ -41,7 +42,6 @@ class PairSamplingConfig(BaseModel):
         default="uniform",
         description="uniform: two rows of the dataset (Motif); unique: two distinct captions",
     )
-    skip_identical: bool = True
     namespace: str = Field(default="", description="mixed into question ids")
 
 
@@ -52,7 +52,12 @@ class Question:
     id: str
     caption_1: str
     caption_2: str
-    count: int = 1
+    count: int = 1  # the draws it stands for
+
+    @property
+    def identical(self) -> bool:
+        """Both sides show the same caption: a tie, not asked."""
+        return self.caption_1 == self.caption_2
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready record."""
@@ -91,18 +96,23 @@ class PairSample:
 
     questions: list[Question]
     draws: int
-    identical: int
+
+    @property
+    def identical(self) -> int:
+        """Draws whose two sides show the same caption."""
+        return sum(q.count for q in self.questions if q.identical)
 
     @property
     def duplicates(self) -> int:
         """Draws that repeated an earlier question (the language-model calls saved)."""
-        return self.draws - self.identical - len(self.questions)
+        return self.draws - len(self.questions)
 
     def stats(self) -> dict[str, float]:
         """Numbers for MLflow."""
         return {
             "pairs/draws": self.draws,
             "pairs/questions": len(self.questions),
+            "pairs/asked": sum(not q.identical for q in self.questions),
             "pairs/duplicates": self.duplicates,
             "pairs/identical": self.identical,
             "pairs/dedup_ratio": len(self.questions) / max(self.draws, 1),
@@ -128,12 +138,8 @@ def sample_pairs(captions: Sequence[str], config: PairSamplingConfig, seed: int)
 
     counts: dict[str, int] = {}
     order: dict[str, tuple[str, str]] = {}
-    identical = 0
     for i, j in zip(first.tolist(), second.tolist(), strict=True):
         a, b = pool[i], pool[j]
-        if a == b and config.skip_identical:
-            identical += 1
-            continue
         qid = question_id(a, b, config.namespace)
         if qid in counts:
             counts[qid] += 1
@@ -143,10 +149,10 @@ def sample_pairs(captions: Sequence[str], config: PairSamplingConfig, seed: int)
     questions = [
         make_question(a, b, config.namespace, counts[qid]) for qid, (a, b) in order.items()
     ]
-    return PairSample(questions, config.num_draws, identical)
+    return PairSample(questions, config.num_draws)
 
 
 def pending(questions: Iterable[Question], answered_ids: Iterable[str]) -> list[Question]:
-    """The questions whose ids are not among `answered_ids`, in their order."""
+    """The questions to ask: not identical, and not among `answered_ids`, in their order."""
     answered = set(answered_ids)
-    return [q for q in questions if q.id not in answered]
+    return [q for q in questions if not q.identical and q.id not in answered]

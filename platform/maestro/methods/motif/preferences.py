@@ -10,6 +10,10 @@ once, and a resumed annotation ends with the same records as an uninterrupted on
 Each record keeps the pair, the label (1: caption 1 shows more progress, 2: caption 2,
 0: neither/tie, null: the answer could not be parsed), whether it is valid, the raw answer,
 the model, the prompt version and the time.
+
+Beside the shards, `questions.parquet` holds every drawn question (identical-caption ties
+included, which are never asked) with the number of draws it stands for: the weights of
+reward training.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maestro.methods.motif.pairs import Question
 from maestro.store import ArtifactStore
 
 SCHEMA = pa.schema(
@@ -33,6 +38,14 @@ SCHEMA = pa.schema(
         ("model", pa.string()),
         ("prompt_version", pa.string()),
         ("annotated_at", pa.float64()),
+    ]
+)
+QUESTIONS_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("caption_1", pa.string()),
+        ("caption_2", pa.string()),
+        ("count", pa.int64()),
     ]
 )
 
@@ -74,6 +87,28 @@ class PreferenceStore:
     def done_batches(self) -> set[int]:
         """Numbers of the batches already stored."""
         return {int(k) for k in self.manifest()["batches"]}
+
+    def write_questions(self, questions: list[Question]) -> None:
+        """Store the drawn questions and their draw counts (once: the same for a rerun)."""
+        key = f"{self.prefix}/questions.parquet"
+        if self.store.exists(key):
+            return
+        table = pa.Table.from_pydict(
+            {
+                "question_id": [q.id for q in questions],
+                "caption_1": [q.caption_1 for q in questions],
+                "caption_2": [q.caption_2 for q in questions],
+                "count": [q.count for q in questions],
+            },
+            schema=QUESTIONS_SCHEMA,
+        )
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        self.store.put_bytes(key, buffer.getvalue())
+
+    def read_questions(self) -> pa.Table:
+        """The drawn questions with their draw counts (`write_questions`)."""
+        return pq.read_table(io.BytesIO(self.store.get_bytes(f"{self.prefix}/questions.parquet")))
 
     def shard_key(self, batch: int) -> str:
         return f"{self.prefix}/shards/batch-{batch:06d}.parquet"

@@ -1,10 +1,16 @@
 """Training the caption reward model on LLM preferences (Motif phase 2).
 
 Bradley-Terry: P(caption 1 preferred) = sigmoid(r(c1) - r(c2)); the loss is the binary
-cross-entropy against the label (1 -> 1, 2 -> 0, tie -> 0.5). Invalid answers are not
-labels and are left out. Pairs are split into training and validation by a hash of their
-question id, so a pair never lands on both sides and the split is the same on every rerun.
-Held-out accuracy counts the non-tie validation pairs whose order the model gets right.
+cross-entropy against the label (1 -> 1, 2 -> 0, tie -> 0.5), each question weighted by the
+number of draws it stands for, so the model fits Motif's dataset of draws with repeats.
+Pairs of identical captions are ties (never asked). Invalid answers are not labels and are
+left out. Questions are split into training and validation by a hash of their id, so a
+question never lands on both sides and the split is the same on every rerun. Held-out
+accuracy counts the non-tie validation draws whose order the model gets right.
+
+Normalisation, as Motif: the mean and standard deviation of the reward over the captions of
+the training pairs (both sides of every draw), and eps the `threshold_quantile` of the
+normalised rewards of the distinct training captions.
 """
 
 from __future__ import annotations
@@ -39,29 +45,45 @@ class RewardTrainingConfig(BaseModel):
     weight_decay: float = Field(default=1e-5, ge=0)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     threshold_quantile: float = Field(
-        default=0.5, ge=0, le=1, description="eps: this quantile of normalised dataset rewards"
+        default=0.5,
+        ge=0,
+        le=1,
+        description="eps: this quantile of the distinct training captions' normalised rewards",
     )
 
 
 @dataclass
 class PairData:
-    """Labelled pairs as parallel lists; targets are P(caption 1 preferred)."""
+    """Labelled questions as parallel lists; targets are P(caption 1 preferred), weights the
+    draws each question stands for."""
 
     caption_1: list[str]
     caption_2: list[str]
     target: np.ndarray
     question_id: list[str]
+    weight: np.ndarray
 
     @classmethod
-    def from_table(cls, table) -> PairData:
-        """Valid records of a preference table (see preferences.py)."""
-        rows = [r for r in table.to_pylist() if r["valid"]]
-        target = np.array([{1: 1.0, 2: 0.0, 0: 0.5}[r["label"]] for r in rows], dtype=np.float32)
+    def from_tables(cls, answers, questions) -> PairData:
+        """The valid answers of a preference table and the identical-caption ties, weighted
+        by the draw counts of the questions table (see preferences.py)."""
+        counts = dict(
+            zip(
+                questions.column("question_id").to_pylist(),
+                questions.column("count").to_pylist(),
+                strict=True,
+            )
+        )
+        rows = [r for r in answers.to_pylist() if r["valid"]]
+        rows += [
+            {**r, "label": 0} for r in questions.to_pylist() if r["caption_1"] == r["caption_2"]
+        ]
         return cls(
             [r["caption_1"] for r in rows],
             [r["caption_2"] for r in rows],
-            target,
+            np.array([{1: 1.0, 2: 0.0, 0: 0.5}[r["label"]] for r in rows], dtype=np.float32),
             [r["question_id"] for r in rows],
+            np.array([counts[r["question_id"]] for r in rows], dtype=np.float32),
         )
 
     def split(self, validation_fraction: float) -> tuple[PairData, PairData]:
@@ -81,6 +103,7 @@ class PairData:
             [self.caption_2[i] for i in index],
             self.target[index],
             [self.question_id[i] for i in index],
+            self.weight[index],
         )
 
     def __len__(self) -> int:
@@ -88,11 +111,38 @@ class PairData:
 
 
 def bradley_terry_loss(
-    net: CaptionRewardNet, c1: list[str], c2: list[str], target: torch.Tensor
+    net: CaptionRewardNet,
+    c1: list[str],
+    c2: list[str],
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of sigmoid(r(c1) - r(c2)) against the soft label."""
+    """Cross-entropy of sigmoid(r(c1) - r(c2)) against the soft label, averaged with
+    `weight` (the draws each pair stands for; equal if None)."""
     rewards = net(c1 + c2)
-    return F.binary_cross_entropy_with_logits(rewards[: len(c1)] - rewards[len(c1) :], target)
+    losses = F.binary_cross_entropy_with_logits(
+        rewards[: len(c1)] - rewards[len(c1) :], target, reduction="none"
+    )
+    if weight is None:
+        return losses.mean()
+    return (losses * weight).sum() / weight.sum()
+
+
+def normalisation(model: RewardModel, data: PairData, quantile: float) -> Normalisation:
+    """Mean and std of the raw reward over the captions of `data`'s draws (each side of each
+    draw), and eps, the `quantile` of the distinct captions' normalised rewards. The model
+    runs once per distinct caption."""
+    weights: dict[str, float] = {}
+    for captions in (data.caption_1, data.caption_2):
+        for caption, weight in zip(captions, data.weight.tolist(), strict=True):
+            weights[caption] = weights.get(caption, 0.0) + weight
+    distinct = list(weights)
+    raw = model.raw(distinct)
+    w = np.array([weights[c] for c in distinct])
+    mean = float(np.average(raw, weights=w))
+    std = float(np.sqrt(np.average((raw - mean) ** 2, weights=w))) or 1.0
+    threshold = float(np.quantile((raw - mean) / std, quantile))
+    return Normalisation(mean, std, threshold)
 
 
 @torch.no_grad()
@@ -101,25 +151,24 @@ def evaluate(net: CaptionRewardNet, data: PairData) -> dict[str, float]:
     if not len(data):
         return {"loss": float("nan"), "accuracy": float("nan")}
     net.eval()
-    target = torch.from_numpy(data.target)
-    loss = bradley_terry_loss(net, data.caption_1, data.caption_2, target).item()
+    target, weight = torch.from_numpy(data.target), torch.from_numpy(data.weight)
+    loss = bradley_terry_loss(net, data.caption_1, data.caption_2, target, weight).item()
     rewards = net(data.caption_1 + data.caption_2).numpy()
     margin = rewards[: len(data)] - rewards[len(data) :]
     strict = data.target != 0.5
     correct = (margin[strict] > 0) == (data.target[strict] == 1.0)
-    accuracy = float(correct.mean()) if strict.any() else float("nan")
-    return {"loss": loss, "accuracy": accuracy}
+    accuracy = float(np.average(correct, weights=data.weight[strict])) if strict.any() else np.nan
+    return {"loss": loss, "accuracy": float(accuracy)}
 
 
 def train_reward_model(
     data: PairData,
-    dataset_captions: list[str],
     config: RewardTrainingConfig,
     seed: int,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[RewardModel, dict[str, float]]:
-    """Fit the model; normalise with the rewards of `dataset_captions` (every caption of the
-    collected dataset, repeats included, so frequent captions weigh as in play)."""
+    """Fit the model on the training split of `data`; normalise over its captions (see the
+    module's docstring)."""
     if len(data) == 0:
         raise ValueError("no valid preference labels to train on")
     torch.manual_seed(seed)
@@ -142,6 +191,7 @@ def train_reward_model(
                 [train.caption_1[j] for j in index],
                 [train.caption_2[j] for j in index],
                 torch.from_numpy(train.target[index]),
+                torch.from_numpy(train.weight[index]),
             )
             optimiser.zero_grad()
             loss.backward()
@@ -159,10 +209,13 @@ def train_reward_model(
             on_epoch(epoch, metrics)
 
     model = RewardModel(net, Normalisation(0.0, 1.0, 0.0))
-    raw = model.raw(dataset_captions)
-    mean, std = float(raw.mean()), float(raw.std()) or 1.0
-    normalised = (raw - mean) / std
-    threshold = float(np.quantile(normalised, config.threshold_quantile))
-    model.norm = Normalisation(mean, std, threshold)
-    metrics.update({"train_pairs": len(train), "val_pairs": len(valid), "threshold": threshold})
+    model.norm = normalisation(model, train, config.threshold_quantile)
+    metrics.update(
+        {
+            "train_pairs": len(train),
+            "train_draws": float(train.weight.sum()),
+            "val_pairs": len(valid),
+            "threshold": model.norm.threshold,
+        }
+    )
     return model, metrics

@@ -5,17 +5,18 @@ train on; and the training plot over the trials."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from maestro.envs.nethack import get_task
-from maestro.llm import load_prompt_set
+from maestro.llm import PromptSet, load_prompt_set
 from maestro.methods.motif.annotation import annotate
 from maestro.methods.motif.collect import collect, load_captions
 from maestro.methods.motif.config import MotifConfig
-from maestro.methods.motif.pairs import sample_pairs
+from maestro.methods.motif.pairs import PairSamplingConfig, pending, sample_pairs
 from maestro.methods.motif.preferences import PreferenceStore
 from maestro.methods.motif.reward_model import RewardModel
 from maestro.methods.motif.reward_training import PairData, train_reward_model
@@ -46,10 +47,13 @@ def stage_annotate(ctx, captions: list[str], dataset: str) -> tuple[PreferenceSt
     store and its folder, keyed by the dataset, the sampling, the annotator (its model by
     name or path) and the prompt's whole text."""
     cfg: MotifConfig = ctx.config
-    sample = sample_pairs(captions, cfg.pairs, ctx.spec.seed)
-    ctx.tracker.log_metrics(sample.stats(), step=0)
     prompts = load_prompt_set(cfg.annotator.prompt)
-    task_text = prompts.task(get_task(cfg.task).preference)
+    preference = get_task(cfg.task).preference
+    task_text = prompts.task(preference)
+    sample = sample_pairs(
+        captions, question_namespace(cfg.pairs, prompts, preference), ctx.spec.seed
+    )
+    ctx.tracker.log_metrics(sample.stats(), step=0)
     inputs = {
         "dataset": dataset,
         "pairs": cfg.pairs,
@@ -60,8 +64,9 @@ def stage_annotate(ctx, captions: list[str], dataset: str) -> tuple[PreferenceSt
     }
     folder = ctx.stage_key("preferences", inputs)
     preferences = PreferenceStore(ctx.store, folder)
+    preferences.write_questions(sample.questions)
     result = annotate(
-        sample.questions,
+        pending(sample.questions, ()),
         task_text,
         preferences,
         cfg.annotator,
@@ -86,7 +91,17 @@ def stage_annotate(ctx, captions: list[str], dataset: str) -> tuple[PreferenceSt
     return preferences, folder
 
 
-def stage_reward(ctx, captions: list[str], preferences: PreferenceStore, labels: str) -> str:
+def question_namespace(
+    pairs: PairSamplingConfig, prompts: PromptSet, preference: str
+) -> PairSamplingConfig:
+    """The sampling config with the prompt set's content digest and the task's preference
+    in its namespace: every question id changes when one word of the prompt does."""
+    text = json.dumps([pairs.namespace, dataclasses.asdict(prompts), preference], sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return pairs.model_copy(update={"namespace": f"{pairs.namespace}/{preference}/{digest}"})
+
+
+def stage_reward(ctx, preferences: PreferenceStore, labels: str) -> str:
     """Train the reward model on the preference store at `labels` (or find the stored
     one); returns its key."""
     cfg: MotifConfig = ctx.config
@@ -94,10 +109,9 @@ def stage_reward(ctx, captions: list[str], preferences: PreferenceStore, labels:
     key = f"{ctx.stage_key('reward_model', inputs)}/model.pt"
     if ctx.store.exists(key):
         return key
-    data = PairData.from_table(preferences.read())
+    data = PairData.from_tables(preferences.read(), preferences.read_questions())
     model, metrics = train_reward_model(
         data,
-        captions,
         cfg.reward,
         seed=ctx.spec.seed,
         on_epoch=lambda epoch, m: ctx.tracker.log_metrics(
@@ -176,11 +190,12 @@ def stored_reward_model(store, run_folder: str) -> tuple[list[str], RewardModel]
 
 
 def intrinsic_threshold(cfg: MotifConfig, captions: list[str], model: RewardModel) -> float | None:
-    """eps from `intrinsic.threshold_quantile` of the dataset's normalised rewards, or None
-    for the reward model's own threshold."""
+    """eps from `intrinsic.threshold_quantile` of the normalised rewards of the dataset's
+    distinct captions, or None for the reward model's own threshold."""
     if cfg.intrinsic.threshold_quantile is None:
         return None
-    return float(np.quantile(model.normalised(captions), cfg.intrinsic.threshold_quantile))
+    distinct = sorted(set(captions))
+    return float(np.quantile(model.normalised(distinct), cfg.intrinsic.threshold_quantile))
 
 
 def plot_returns(ctx, results) -> None:

@@ -136,22 +136,15 @@ def train_agent(
 ) -> TrainingResult:
     """Train on `task` until `config.env_steps` (resuming from the trial's checkpoint if it
     has one), evaluate, and return the figures. With `reward_model`, the learner trains
-    on `intrinsic.coef_intrinsic * r_int + intrinsic.coef_extrinsic * r_ext` with eps =
-    `threshold` (None: the model's own); without it, on the env reward. Throughput and
+    on Motif's combination of r_int and the env reward (`intrinsic`, see `intrinsic.combine`)
+    with eps = `threshold` (None: the model's own); without it, on the env reward. Throughput and
     returns also go to Prometheus labelled `run_name`. Ray must be up
     (`maestro.runtime.init_ray`)."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     settings = None
     if reward_model is not None:
-        intrinsic = intrinsic or IntrinsicRewardConfig()
-        settings = learner_settings(
-            reward_model,
-            intrinsic.coef_intrinsic,
-            intrinsic.coef_extrinsic,
-            intrinsic.beta,
-            threshold,
-        )
+        settings = learner_settings(reward_model, intrinsic or IntrinsicRewardConfig(), threshold)
     saved = trial.restore()
     state = LoopState(**saved["loop"]) if saved else LoopState()
     resumed_from = state.env_steps if saved else None
