@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from maestro.llm import AnnotatorConfig, PairQuestion, load_prompt_set, make_annotator
-from maestro.methods.motif.collect import CollectConfig, collect, load_captions
+from maestro.methods.motif.collect import CollectConfig, collect, load_caption_counts
 from maestro.methods.motif.pairs import PairSamplingConfig, sample_pairs
 from maestro.store import LocalStore
 
@@ -30,7 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)
         collect(store, "dataset", CollectConfig(num_shards=args.shards, num_actors=2), seed=0)
-        captions = load_captions(store, "dataset")
+        captions = load_caption_counts(store, "dataset")
     task = load_prompt_set("motif").task("score")
     sample = sample_pairs(captions, PairSamplingConfig(num_draws=args.draws), seed=0)
     draws = [q for q in sample.questions for _ in range(q.count)]

@@ -20,7 +20,7 @@ from maestro.methods.motif.collect import (
     collect,
     collect_shard,
     field_array,
-    load_captions,
+    load_caption_counts,
     load_dataset,
     manifest_key,
     read_shard,
@@ -150,8 +150,10 @@ def test_killed_collection_resumes_to_the_uninterrupted_dataset(tmp_path, ray_ad
     assert rerun.manifest == result.manifest
 
     # The manifest's counts are those of the data.
-    all_captions = load_captions(resumed, "captions")
+    all_captions = load_dataset(resumed, "captions", ["caption"]).column("caption").to_pylist()
     counts = Counter(all_captions)
+    dataset = load_caption_counts(resumed, "captions")
+    assert dict(zip(dataset.captions, dataset.counts.tolist(), strict=True)) == dict(counts)
     manifest = rerun.manifest
     assert manifest["rows"] == len(all_captions) > 10
     assert manifest["unique_captions"] == len(counts) > 5
@@ -224,3 +226,61 @@ def test_actors_run_a_given_policy_and_other_tasks(tmp_path, ray_address):
         CollectConfig(fields=["tty_chars", "internal"])
     with pytest.raises(ValueError, match="unknown NetHack task"):
         CollectConfig(task="minetown")
+
+
+def test_a_trained_agents_checkpoint_plays_the_collection(tmp_path, ray_address):
+    """`policy: checkpoint` plays with the stored agent of a run (its first trial's last
+    checkpoint), not uniformly: an agent whose policy puts nearly all its mass on one
+    action collects that action's games; the plan records the checkpoint's digest."""
+    import torch
+    from nle import nethack
+
+    from maestro.methods.motif.agent import AgentConfig
+    from maestro.methods.motif.train import TrainingConfig, algorithm_config
+    from maestro.rl.checkpoints import algorithm_bytes
+
+    store = LocalStore(tmp_path)
+    training = TrainingConfig(
+        num_env_runners=0, agent=AgentConfig(screen_channels=[4], screen_dim=16, core_dim=16)
+    )
+    algo = algorithm_config("score", training, seed=0, epoch=0, settings=None).build_algo()
+    search = list(make_raw_env("score").actions).index(nethack.Command.SEARCH)
+    run = "runs/motif/trained/tune"
+    try:
+        untouched = algorithm_bytes(algo)
+        store.put_bytes(f"{run}/trial_00000_a_00000/checkpoint_000000/algorithm.tar", untouched)
+        store.put_bytes(f"{run}/trial_00001_a_00001/checkpoint_000003/algorithm.tar", untouched)
+        module = algo.learner_group._learner.module["default_policy"]
+        with torch.no_grad():
+            module.pi.weight.zero_()
+            module.pi.bias.fill_(-10.0)
+            module.pi.bias[search] = 10.0
+        store.put_bytes(
+            f"{run}/trial_00000_a_00000/checkpoint_000001/algorithm.tar", algorithm_bytes(algo)
+        )
+    finally:
+        algo.stop()
+
+    config = CollectConfig(
+        num_shards=2, max_episode_steps=200, policy="checkpoint", checkpoint="runs/motif/trained"
+    )
+    collect(store, "by_agent", config, seed=4)
+    collect(store, "at_random", CollectConfig(num_shards=2, max_episode_steps=200), seed=4)
+    played = load_dataset(store, "by_agent", ["action", "caption"])
+    random_play = load_dataset(store, "at_random", ["action", "caption"])
+    actions = [a for a in played.column("action").to_pylist() if a >= 0]
+    assert actions.count(search) / len(actions) > 0.95
+    random_actions = [a for a in random_play.column("action").to_pylist() if a >= 0]
+    assert random_actions.count(search) / len(random_actions) < 0.1
+    # Searching in place shows far fewer distinct messages than wandering at random.
+    assert len(set(played.column("caption").to_pylist())) < len(
+        set(random_play.column("caption").to_pylist())
+    )
+    plan = store.get_json("by_agent/plan.json")
+    assert plan["policy_sha256"] == store.checksum(
+        f"{run}/trial_00000_a_00000/checkpoint_000001/algorithm.tar"
+    )
+    with pytest.raises(ValueError, match="checkpoint"):
+        CollectConfig(policy="checkpoint")
+    with pytest.raises(CollectError, match="no trained agent"):
+        collect(store, "nothing", config.model_copy(update={"checkpoint": "runs/none"}), seed=4)

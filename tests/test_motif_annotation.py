@@ -19,9 +19,9 @@ from maestro.store import LocalStore
 from .conftest import REPO
 
 SPEC = str(REPO / "jobs" / "motif" / "annotate.yaml")
-SMALL = [
-    "--preset",
-    "smoke",
+SMALL = [  # without a preset: a random-play dataset, the embedding judge
+    "--set",
+    "config.stages=[collect, annotate]",
     "--set",
     "config.collect.num_shards=4",
     "--set",

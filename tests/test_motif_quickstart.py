@@ -33,7 +33,9 @@ SETTINGS = {
     "config.train.checkpoint_every": 1,
     "config.train.eval_episodes": 2,
     "config.train.eval_max_episode_steps": 300,
-    "config.train.agent.use_lstm": False,
+    "config.train.agent.core": "mlp",
+    # Episodes end within the run's steps, so training reports finished episodes.
+    "config.train.max_episode_steps": 300,
     "tracking.run_name": RUN,
 }
 COMMAND = [sys.executable, "-m", "maestro", "run", SPEC, "--preset", "smoke"]

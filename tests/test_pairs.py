@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from maestro.envs.nethack import caption, make_env
+from maestro.methods.motif.collect import CaptionCounts
 from maestro.methods.motif.pairs import (
     PairSamplingConfig,
     canonical,
@@ -18,8 +19,12 @@ from maestro.methods.motif.pairs import (
 )
 
 
+def dataset_of(captions: list[str]) -> CaptionCounts:
+    return CaptionCounts.of(Counter(captions))
+
+
 @pytest.fixture(scope="module")
-def nethack_captions() -> list[str]:
+def nethack_captions() -> CaptionCounts:
     """The captions of 600 random steps of NetHackScore (repeats and empties included)."""
     env = make_env("score", max_episode_steps=600)
     try:
@@ -35,7 +40,7 @@ def nethack_captions() -> list[str]:
         env.close()
     counts = Counter(texts)
     assert counts[""] > 50 and 5 < len(counts) < len(texts) / 4
-    return texts
+    return dataset_of(texts)
 
 
 def test_a_pair_and_its_mirror_are_one_question():
@@ -78,7 +83,7 @@ def test_sampling_is_deterministic_and_deduplicated(nethack_captions):
 
 def test_uniform_draws_follow_caption_frequencies():
     captions = ["a"] * 9 + ["b"]
-    sample = sample_pairs(captions, PairSamplingConfig(num_draws=10000), seed=0)
+    sample = sample_pairs(dataset_of(captions), PairSamplingConfig(num_draws=10000), seed=0)
     counts = {q.id: q.count for q in sample.questions}
     assert set(counts) == {question_id("a", "b"), question_id("a", "a"), question_id("b", "b")}
     assert sum(counts.values()) == 10000
@@ -96,16 +101,15 @@ def test_unique_mode_draws_distinct_captions(nethack_captions):
     sample = sample_pairs(
         nethack_captions, PairSamplingConfig(num_draws=20000, mode="unique"), seed=3
     )
-    distinct = sorted(set(nethack_captions))
+    distinct = nethack_captions.captions
     assert sample.identical == 0
     # With many draws every unordered pair of distinct captions shows up.
     assert len(sample.questions) == len(distinct) * (len(distinct) - 1) // 2
-    # The pool does not depend on the row order of the dataset.
-    shuffled = list(np.random.default_rng(0).permutation(nethack_captions))
-    again = sample_pairs(shuffled, PairSamplingConfig(num_draws=20000, mode="unique"), seed=3)
-    assert again == sample
-    with pytest.raises(ValueError, match="at least 2"):
-        sample_pairs(["only"] * 5, PairSamplingConfig(mode="unique"), seed=0)
+    # Every distinct caption is as likely, however often it occurs.
+    once = CaptionCounts(distinct, np.ones(len(distinct), np.int64))
+    assert sample_pairs(once, PairSamplingConfig(num_draws=20000, mode="unique"), seed=3) == sample
+    with pytest.raises(ValueError, match="at least 2 distinct"):
+        sample_pairs(dataset_of(["only"] * 5), PairSamplingConfig(mode="unique"), seed=0)
 
 
 def test_answered_questions_are_never_asked_again(nethack_captions):
@@ -126,3 +130,27 @@ def test_answered_questions_are_never_asked_again(nethack_captions):
     q = asked_first[0]
     mirrored = question_id(q.caption_2, q.caption_1, "score/v1")
     assert pending(asked_first[:3], {mirrored}) == asked_first[1:3]
+
+
+def test_one_changed_word_of_the_prompt_file_asks_every_question_afresh(tmp_path, nethack_captions):
+    """Question ids carry the digest of the prompt set and the task's preference: the same
+    file gives the same ids (its answers are reused), one changed word gives all new ids."""
+    from maestro.llm import load_prompt_set
+    from maestro.llm.prompts import prompt_path
+    from maestro.methods.motif.stages import question_namespace
+
+    text = prompt_path("motif").read_text()
+    same, edited = tmp_path / "same.yaml", tmp_path / "edited.yaml"
+    same.write_text(text)
+    assert "honest judge" in text
+    edited.write_text(text.replace("honest judge", "careful judge"))
+    config = PairSamplingConfig(num_draws=500)
+
+    def ids(prompt_file: str, preference: str = "score") -> set[str]:
+        pairs = question_namespace(config, load_prompt_set(prompt_file), preference)
+        return {q.id for q in sample_pairs(nethack_captions, pairs, seed=1).questions}
+
+    reference = ids("motif")
+    assert ids(str(same)) == reference
+    assert ids(str(edited)).isdisjoint(reference)
+    assert ids("motif", "descend").isdisjoint(reference)

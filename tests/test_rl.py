@@ -254,8 +254,8 @@ def test_learner_pipeline_shapes_rewards_before_the_algorithms_own_pieces(reward
 # ---------------------------------------------------------------- module and evaluation
 
 
-@pytest.mark.parametrize("use_lstm", [True, False])
-def test_module_acts_and_evaluation_measures_match_the_games(use_lstm):
+@pytest.mark.parametrize("core", ["lstm", "mlp"])
+def test_module_acts_and_evaluation_measures_match_the_games(core):
     """An (untrained) agent plays through `evaluate_agent`; the recorded measures are the
     ones recomputed from every observation of its games."""
     from ray.rllib.core.columns import Columns
@@ -264,12 +264,12 @@ def test_module_acts_and_evaluation_measures_match_the_games(use_lstm):
     from maestro.methods.motif.agent import NetHackRLModule, module_spec
 
     env = make_env("score")
-    spec = module_spec(AgentConfig(use_lstm=use_lstm), rollout_fragment_length=16)
+    spec = module_spec(AgentConfig(core=core), rollout_fragment_length=16)
     spec.observation_space, spec.action_space = env.observation_space, env.action_space
     env.close()
     module = spec.build()
     assert isinstance(module, NetHackRLModule)
-    assert module.is_stateful() == use_lstm
+    assert module.is_stateful() == (core == "lstm")
     module.make_target_networks()
 
     seen: list[dict] = []
@@ -295,7 +295,7 @@ def test_module_acts_and_evaluation_measures_match_the_games(use_lstm):
 
     # Training-shaped inputs give training-shaped outputs, values included.
     batch_obs = {k: torch.from_numpy(np.stack([o[k] for o in seen[:8]])) for k in seen[0]}
-    if use_lstm:
+    if module.is_stateful():
         batch = {
             Columns.OBS: {k: v.reshape(2, 4, *v.shape[1:]) for k, v in batch_obs.items()},
             Columns.STATE_IN: {

@@ -1,12 +1,15 @@
 """RLlib algorithms as checkpoint bytes: `Algorithm.save_to_path` tarred into one blob that
 a trial hands to `TrialContext.checkpoint` beside the training loop's own `LoopState`, and
-restored into a fresh algorithm so that a killed trial continues where it stopped."""
+restored into a fresh algorithm so that a killed trial continues where it stopped, or read
+for its agent alone (`learner_rl_module`)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +33,31 @@ def algorithm_bytes(algo) -> bytes:
     return buffer.getvalue()
 
 
-def restore_algorithm(algo, data: bytes) -> None:
-    """Load `algorithm_bytes` into `algo` and push its weights to the env runners (RLlib
-    restores the learner; the samplers must act with the same policy)."""
+@contextlib.contextmanager
+def unpacked(data: bytes) -> Iterator[Path]:
+    """`algorithm_bytes` unpacked into a temporary folder (removed on leaving)."""
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             tar.extractall(tmp, filter="data")
-        algo.restore_from_path(str(Path(tmp)))
+        yield Path(tmp)
+
+
+def restore_algorithm(algo, data: bytes) -> None:
+    """Load `algorithm_bytes` into `algo` and push its weights to the env runners (RLlib
+    restores the learner; the samplers must act with the same policy)."""
+    with unpacked(data) as folder:
+        algo.restore_from_path(str(folder))
     algo.env_runner_group.sync_weights(
         from_worker_or_learner_group=algo.learner_group, inference_only=True
     )
+
+
+def learner_rl_module(data: bytes, module_id: str = "default_policy"):
+    """The learner's RLModule `module_id` in `algorithm_bytes`, without building the
+    algorithm (to act with a trained policy elsewhere)."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    with unpacked(data) as folder:
+        return RLModule.from_checkpoint(
+            folder / "learner_group" / "learner" / "rl_module" / module_id
+        )

@@ -27,7 +27,9 @@ The spec's `config:` block is `MotifConfig` (`config.py`); the stages are in `st
 `stages:` in the spec chooses which run (e.g. `jobs/motif/annotate.yaml` stops after 2).
 With `reward_model_from:` (a finished run's folder) only `train` runs, on that run's reward
 model and dataset: how a sweep (`jobs/motif/sweep.yaml`) varies the agent and the reward's
-coefficients without annotating again.
+coefficients without annotating again, and how every task trains on one reward model. With
+`stages: [train]` alone the agent trains on the env reward (`jobs/motif/score_agent.yaml`:
+the agent whose checkpoints collect the paper's dataset, `collect.policy: checkpoint`).
 """
 
 from __future__ import annotations
@@ -52,31 +54,35 @@ from maestro.methods.motif.train import train_agent
 def prepare(ctx) -> dict[str, Any]:
     """The stages before training, in order, each in a folder keyed by its inputs; returns
     (and records in the run's `prepared.json`) where the dataset and the reward model
-    are. With `reward_model_from`, nothing runs: the trials train on that run's."""
+    are, and the folder whose reward model the trials train on (`source`; None: the env
+    reward alone). With `reward_model_from`, nothing runs: the trials train on that run's."""
     cfg: MotifConfig = ctx.config
-    source = cfg.reward_model_from or ctx.prefix
-    if cfg.reward_model_from is None:
-        captions, dataset = stage_collect(ctx)
-        ctx.tracker.log_metrics({"dataset/unique_captions": len(set(captions))}, step=0)
-        made = {"dataset": dataset}
+    if cfg.reward_model_from is not None:
+        stored_reward_model(ctx.store, cfg.reward_model_from)  # fails here, not in every trial
+        return {"source": cfg.reward_model_from}
+    made = {}
+    if set(cfg.stages) & {"collect", "annotate", "reward"}:
+        captions, made["dataset"] = stage_collect(ctx)
+        ctx.tracker.log_metrics({"dataset/unique_captions": len(captions.captions)}, step=0)
         if "annotate" in cfg.stages:
-            preferences, labels = stage_annotate(ctx, captions, dataset)
+            preferences, labels = stage_annotate(ctx, captions, made["dataset"])
             made["preferences"] = labels
             if "reward" in cfg.stages:
                 made["reward_model"] = stage_reward(ctx, preferences, labels)
-        ctx.store.put_json(ctx.key(PREPARED), made)
-    if "train" in cfg.stages:
-        stored_reward_model(ctx.store, source)  # fails here, not in every trial
-    return {"source": source}
+    ctx.store.put_json(ctx.key(PREPARED), made)
+    return {"source": ctx.prefix if "reward_model" in made else None}
 
 
 def trial(ctx) -> dict[str, float]:
-    """Train an agent on the prepared reward model (continuing from the trial's last
-    checkpoint), evaluate it; returns env steps and the evaluation figures."""
+    """Train an agent on the prepared reward model, or on the env reward when there is
+    none (continuing from the trial's last checkpoint), evaluate it; returns env steps and
+    the evaluation figures."""
     cfg: MotifConfig = ctx.config
     if "train" not in cfg.stages:
         return {}
-    captions, model = stored_reward_model(ctx.store, ctx.prepared["source"])
+    dataset, model = None, None
+    if ctx.prepared["source"] is not None:
+        dataset, model = stored_reward_model(ctx.store, ctx.prepared["source"])
     result = train_agent(
         cfg.task,
         cfg.train,
@@ -85,7 +91,7 @@ def trial(ctx) -> dict[str, float]:
         run_name=f"{ctx.experiment}/{ctx.name}",
         reward_model=model,
         intrinsic=cfg.intrinsic,
-        threshold=intrinsic_threshold(cfg, captions, model),
+        threshold=intrinsic_threshold(cfg, dataset, model) if model else None,
     )
     return {"env_steps": result.env_steps, **result.eval}
 

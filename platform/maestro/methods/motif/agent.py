@@ -1,30 +1,33 @@
 """The NetHack agent as an RLlib (new API stack) torch RLModule.
 
-Four parts, as in Motif's agent (the "Chaotic Dwarven GPT-5" NetHack baseline):
-- screen encoder: the 24x80 terminal characters (and, optionally, their colours) as
-  learned embeddings, then a small stride-2 CNN and a linear layer;
+Four parts (the paper's agent: `screen: crop`, `core: gru`; docs/methods/motif.md):
+- screen encoder: the terminal characters (and, optionally, their colours) as learned
+  embeddings, then a small stride-2 CNN and a linear layer; over the whole 24x80 screen
+  (`screen: full`) or, as in the paper, over a window centred on the player (`screen:
+  crop`, 12x12 in the paper, which renders it to pixels: see `crop_around`);
 - message encoder: the 256-byte message line as byte embeddings, a 1-d convolution and a
   mean over the message's non-NUL bytes;
 - bottom-line stats: the 27 `blstats` numbers, log-scaled (they span 0..10^6), through an
   MLP;
-- core: the three codes concatenated and projected, then an LSTM (RLlib's stateful-module
-  support: `max_seq_len` steps per training sequence) or, with `use_lstm: false`, an MLP.
+- core: the three codes concatenated and projected, then a recurrent core, an LSTM
+  (`core: lstm`) or the paper's GRU (`core: gru`), through RLlib's stateful-module support
+  (`max_seq_len` steps per training sequence), or an MLP (`core: mlp`, no state).
 
 A policy head (23 NetHack actions) and a value head (`ValueFunctionAPI`) read the core's
 output. For APPO the module also implements `TargetNetworkAPI`: the target network is a
 copy of the policy path (encoders, core, policy head).
 
-Sizes live in `AgentConfig`; its defaults are a small CPU agent; the `full` preset of
-`jobs/motif/quickstart.yaml` sets the paper's scale (a 512-wide LSTM).
+Sizes live in `AgentConfig`; its defaults are a small CPU agent with the whole screen and
+an LSTM; the `full` preset of `jobs/motif/quickstart.yaml` sets the paper's scale.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.utils import make_target_network
 from ray.rllib.core.rl_module.apis import (
@@ -39,14 +42,26 @@ from torch import nn
 SCREEN_ROWS, SCREEN_COLUMNS = 24, 80
 MESSAGE_BYTES = 256
 NUM_COLORS = 32
+# A blank cell: the space character in colour 0 (the same id with or without colours).
+BLANK_CELL = ord(" ")
 AGENT_KEY = "nethack_agent"
+# The recurrent state each core carries from step to step.
+CORE_STATE: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "mlp": ()}
 
 
 class AgentConfig(BaseModel):
-    """Sizes of the NetHack agent (the defaults are a small CPU agent)."""
+    """The NetHack agent's encoders, core and sizes (the defaults: a small CPU agent over the
+    whole screen with an LSTM core)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    screen: Literal["full", "crop"] = Field(
+        default="full",
+        description="'full': the whole 24x80 terminal; 'crop': a crop_size x crop_size "
+        "window centred on the cursor (the player), the paper's (as embedded characters, "
+        "where the paper renders pixels)",
+    )
+    crop_size: int = Field(default=12, ge=1, description="side of the window of `screen: crop`")
     char_embedding_dim: int = Field(default=8, ge=1, description="per screen cell")
     use_colors: bool = Field(
         default=True, description="embed (character, colour) pairs, not characters alone"
@@ -63,18 +78,65 @@ class AgentConfig(BaseModel):
     message_kernel: int = Field(default=5, ge=1)
     message_dim: int = Field(default=32, ge=1, description="message code size")
     blstats_dim: int = Field(default=32, ge=1, description="bottom-line stats code size")
-    core_dim: int = Field(default=128, ge=1, description="LSTM (or MLP) width")
-    use_lstm: bool = Field(default=True, description="recurrent core; else an MLP core")
+    core_dim: int = Field(default=128, ge=1, description="core width")
+    core: Literal["lstm", "gru", "mlp"] = Field(
+        default="lstm",
+        description="'lstm', 'gru' (the paper's) or 'mlp' (no recurrent state). The older "
+        "key `use_lstm: true|false` is read as 'lstm'|'mlp'; with both keys they must agree",
+    )
     max_seq_len: int | None = Field(
         default=None,
         ge=1,
-        description="LSTM training sequence length; None: one per rollout fragment",
+        description="recurrent training sequence length; None: one per rollout fragment",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def read_use_lstm(cls, data: Any) -> Any:
+        """`use_lstm` (specs and checkpoints from before `core`) becomes `core`."""
+        if not isinstance(data, dict) or "use_lstm" not in data:
+            return data
+        data = dict(data)
+        use_lstm = data.pop("use_lstm")
+        if not isinstance(use_lstm, bool):
+            raise ValueError(f"use_lstm: expected true or false (got {use_lstm!r})")
+        core = "lstm" if use_lstm else "mlp"
+        if data.setdefault("core", core) != core:
+            raise ValueError(f"use_lstm: {use_lstm} conflicts with core: {data['core']}")
+        return data
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the core carries a state from step to step."""
+        return bool(CORE_STATE[self.core])
 
 
 def signed_log(x: torch.Tensor) -> torch.Tensor:
     """sign(x) * log(1 + |x|): bottom-line numbers (gold, score, turn) on one scale."""
     return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def crop_around(cells: torch.Tensor, cursor: torch.Tensor, size: int) -> torch.Tensor:
+    """The `size` x `size` windows [N, size, size] of `cells` [N, rows, columns] whose cell
+    (size // 2, size // 2) is the `cursor` [N, 2] (row, column) cell; cells off the screen
+    are `BLANK_CELL`. One gather over a padded screen, no loop over the batch.
+
+    The paper renders this crop to pixels (its code draws each character in its colour
+    with a TrueType font); here the cells are embedded like the whole screen's: NLE 1.3's
+    Python API has no glyph-to-pixel renderer without extra assets (a font or tiles), and
+    the (character, colour) cells carry the same symbols."""
+    n, rows, columns = cells.shape
+    before, after = size // 2, size - 1 - size // 2
+    padded = nn.functional.pad(cells, (before, after, before, after), value=BLANK_CELL)
+    # Clamped: RLlib's dummy batches sample cursors anywhere in the space (0..255).
+    row = cursor[:, 0].long().clamp(0, rows - 1)
+    column = cursor[:, 1].long().clamp(0, columns - 1)
+    # A window's first padded row (column) is the cursor's row (column) on the screen.
+    offsets = torch.arange(size, device=cells.device)
+    window_rows = (row[:, None] + offsets)[:, :, None]
+    window_columns = (column[:, None] + offsets)[:, None, :]
+    index = window_rows * padded.shape[2] + window_columns
+    return padded.reshape(n, -1).gather(1, index.reshape(n, -1)).reshape(n, size, size)
 
 
 def lookup(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -97,8 +159,9 @@ class NetHackTrunk(nn.Module):
             layers += [nn.Conv2d(screen_in, channels, 3, stride=2, padding=1), nn.ELU()]
             screen_in = channels
         self.screen_cnn = nn.Sequential(*layers, nn.Flatten())
+        grid = (config.crop_size,) * 2 if config.screen == "crop" else (SCREEN_ROWS, SCREEN_COLUMNS)
         with torch.no_grad():
-            channels_first = torch.zeros(1, config.char_embedding_dim, SCREEN_ROWS, SCREEN_COLUMNS)
+            channels_first = torch.zeros(1, config.char_embedding_dim, *grid)
             flat = self.screen_cnn(channels_first).shape[1]
         self.screen_head = nn.Sequential(nn.Linear(flat, config.screen_dim), nn.ELU())
 
@@ -121,17 +184,27 @@ class NetHackTrunk(nn.Module):
         )
         fused = config.screen_dim + config.message_dim + config.blstats_dim
         self.fuse = nn.Sequential(nn.Linear(fused, config.core_dim), nn.ELU())
-        if config.use_lstm:
+        if config.core == "lstm":
             self.core = nn.LSTM(config.core_dim, config.core_dim, batch_first=True)
+        elif config.core == "gru":
+            self.core = nn.GRU(config.core_dim, config.core_dim, batch_first=True)
         else:
             self.core = nn.Sequential(nn.Linear(config.core_dim, config.core_dim), nn.ELU())
 
-    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-step codes [N, core_dim] of flat (no time axis) observations."""
+    def screen_cells(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The cell ids the screen encoder embeds, [N, rows, columns] of flat observations:
+        character + 256 * colour (colour 0 without `use_colors`), over the whole screen or
+        the crop around the cursor."""
         cells = obs["tty_chars"].long()
         if self.config.use_colors:
             cells = cells + 256 * obs["tty_colors"].long().clamp(0, NUM_COLORS - 1)
-        screen = lookup(self.cells, cells).permute(0, 3, 1, 2)
+        if self.config.screen == "crop":
+            cells = crop_around(cells, obs["tty_cursor"], self.config.crop_size)
+        return cells
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-step codes [N, core_dim] of flat (no time axis) observations."""
+        screen = lookup(self.cells, self.screen_cells(obs)).permute(0, 3, 1, 2)
         screen = self.screen_head(self.screen_cnn(screen))
 
         message = obs["message"][:, : self.config.message_length].long()
@@ -147,13 +220,17 @@ class NetHackTrunk(nn.Module):
     def forward(
         self, obs: dict[str, torch.Tensor], state: dict[str, torch.Tensor] | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Features and next recurrent state. With the LSTM, observations are [B, T, ...]
-        and the output [B, T, core_dim]; without it, [N, ...] -> [N, core_dim]."""
-        if not self.config.use_lstm:
+        """Features and next recurrent state. With a recurrent core, observations are
+        [B, T, ...], `state` holds `CORE_STATE[core]` as [B, core_dim] tensors and the
+        output is [B, T, core_dim]; with the MLP core, [N, ...] -> [N, core_dim]."""
+        if not self.config.recurrent:
             return self.core(self.encode(obs)), {}
         batch, time = obs["message"].shape[:2]
         flat = {k: v.reshape(batch * time, *v.shape[2:]) for k, v in obs.items()}
         codes = self.encode(flat).reshape(batch, time, -1)
+        if self.config.core == "gru":
+            features, h = self.core(codes, state["h"].unsqueeze(0))
+            return features, {"h": h.squeeze(0)}
         h, c = state["h"].unsqueeze(0), state["c"].unsqueeze(0)
         features, (h, c) = self.core(codes, (h, c))
         return features, {"h": h.squeeze(0), "c": c.squeeze(0)}
@@ -170,10 +247,11 @@ class NetHackRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI):
         self.vf = nn.Linear(self.agent_config.core_dim, 1)
 
     def get_initial_state(self) -> dict[str, np.ndarray]:
-        if not self.agent_config.use_lstm:
-            return {}
-        zeros = np.zeros(self.agent_config.core_dim, dtype=np.float32)
-        return {"h": zeros, "c": zeros.copy()}
+        """Zeros for each of the core's state tensors; none (not stateful) for the MLP."""
+        size = self.agent_config.core_dim
+        return {
+            name: np.zeros(size, dtype=np.float32) for name in CORE_STATE[self.agent_config.core]
+        }
 
     def _features(self, batch: dict[str, Any], trunk: NetHackTrunk):
         return trunk(batch[Columns.OBS], batch.get(Columns.STATE_IN))

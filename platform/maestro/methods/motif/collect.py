@@ -1,9 +1,9 @@
 """Collection: rollout actors play NetHack and write captioned observations as Parquet shards.
 
 The dataset under `<prefix>/` in the artifact store:
-- `plan.json`: what is being collected (task, seed, shard layout, fields, policy, NLE
-  version). A rerun with a different plan under the same prefix is refused, so shards from
-  two plans never mix.
+- `plan.json`: what is being collected (task, seed, shard layout, fields, policy and, for a
+  trained agent, the SHA-256 of its checkpoint, NLE version). A rerun with a different plan
+  under the same prefix is refused, so shards from two plans never mix.
 - `shards/shard-00003-of-00008.parquet`: one row per observation of `episodes_per_shard`
   whole episodes. Shard i is fully determined by (plan, i): episode e of shard i plays the
   game seeded by `SeedSequence([seed, i, e])` and the policy is seeded from it too. Shards
@@ -36,9 +36,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from maestro.envs.nethack import (
+    AGENT_OBSERVATION_KEYS,
     TASKS,
     caption,
     clear_scoreboard,
@@ -72,7 +73,13 @@ class CollectConfig(BaseModel):
     fields: list[str] = Field(default_factory=lambda: list(DEFAULT_FIELDS))
     policy: str = Field(
         default="random",
-        description="'random' (uniform actions), or the name of the policy passed to collect()",
+        description="'random' (uniform actions), 'checkpoint' (the trained agent at "
+        "`checkpoint`), or the name of the policy passed to collect()",
+    )
+    checkpoint: str | None = Field(
+        default=None,
+        description="with policy 'checkpoint': a store folder holding a trained Motif agent, "
+        "a run (runs/motif/<name>: its first trial's last checkpoint) or one checkpoint",
     )
     character: str = "mon-hum-neu-mal"
     compression: str = "zstd"
@@ -85,6 +92,12 @@ class CollectConfig(BaseModel):
         if task not in TASKS:
             raise ValueError(f"unknown NetHack task {task!r} (known: {', '.join(TASKS)})")
         return task
+
+    @model_validator(mode="after")
+    def _checkpoint_policy(self) -> CollectConfig:
+        if (self.policy == "checkpoint") != (self.checkpoint is not None):
+            raise ValueError("set checkpoint exactly when policy is 'checkpoint'")
+        return self
 
     @field_validator("fields")
     @classmethod
@@ -146,6 +159,21 @@ class RandomPolicy:
         action = int(self._actions[self._next])
         self._next += 1
         return action
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Builds, in each rollout actor, the policy of the trained agent whose
+    `algorithm.tar` is at `key` in the store at `store_uri` (`evaluate.AgentPolicy`)."""
+
+    store_uri: str
+    key: str
+
+    def __call__(self, num_actions: int) -> Policy:
+        from maestro.methods.motif.evaluate import AgentPolicy
+        from maestro.rl.checkpoints import learner_rl_module
+
+        return AgentPolicy(learner_rl_module(open_store(self.store_uri).get_bytes(self.key)))
 
 
 # ---------------------------------------------------------------- one shard
@@ -373,7 +401,9 @@ class RolloutWorker:
         self.prefix = prefix
         self.config = config
         self.seed = seed
-        env_fields = tuple(dict.fromkeys([*config.fields, "message"]))
+        # A trained agent reads its own observation fields besides the dataset's.
+        agent = AGENT_OBSERVATION_KEYS if config.policy == "checkpoint" else ()
+        env_fields = tuple(dict.fromkeys([*config.fields, "message", *agent]))
         self.env = make_raw_env(
             config.task,
             max_episode_steps=config.max_episode_steps,
@@ -450,15 +480,25 @@ def collect(
     """Collect the dataset under `prefix` on Ray rollout actors, skipping shards already
     stored; returns the manifest and this call's throughput.
 
-    `policy_factory(num_actions)` builds each actor's policy (default: `RandomPolicy`; a
-    custom one needs `config.policy` to name it). `progress(total, desc, unit=...)` makes a
-    tqdm-like bar (e.g. `RunContext.progress`); `on_shard` is called for each new shard."""
-    if (policy_factory is None) != (config.policy == "random"):
+    `policy_factory(num_actions)` builds each actor's policy (default: `RandomPolicy`, or
+    for `policy: checkpoint` the stored agent's; a custom one needs `config.policy` to name
+    it). `progress(total, desc, unit=...)` makes a tqdm-like bar (e.g.
+    `RunContext.progress`); `on_shard` is called for each new shard."""
+    if (policy_factory is None) != (config.policy in ("random", "checkpoint")):
         raise CollectError(
-            "config.policy must be 'random' exactly when no policy_factory is given "
-            f"(policy={config.policy!r}, factory={'given' if policy_factory else 'none'})"
+            "config.policy must be 'random' or 'checkpoint' exactly when no policy_factory "
+            f"is given (policy={config.policy!r}, factory={'given' if policy_factory else 'none'})"
         )
     plan = config.plan(seed)
+    if config.policy == "checkpoint":
+        from maestro.methods.motif.train import stored_agent
+
+        try:
+            key = stored_agent(store, config.checkpoint)
+        except FileNotFoundError as exc:
+            raise CollectError(f"collect.checkpoint: {exc}") from None
+        policy_factory = CheckpointPolicy(store.root, key)
+        plan["policy_sha256"] = store.checksum(key)
     if store.exists(plan_key(prefix)):
         stored = store.get_json(plan_key(prefix))
         if stored != plan:
@@ -568,6 +608,29 @@ def load_dataset(store: ArtifactStore, prefix: str, columns: list[str] | None = 
     return pa.concat_tables(read_shard(store, s["key"], columns) for s in manifest["shards"])
 
 
-def load_captions(store: ArtifactStore, prefix: str) -> list[str]:
-    """Every caption of the finished collection under `prefix`, in row order."""
-    return load_dataset(store, prefix, ["caption"]).column("caption").to_pylist()
+@dataclass(frozen=True)
+class CaptionCounts:
+    """A dataset's distinct captions (sorted) and how many of its rows show each: what
+    pairs are drawn from, a row's worth of memory per distinct caption, not per row."""
+
+    captions: list[str]
+    counts: np.ndarray  # int64, one per caption
+
+    @classmethod
+    def of(cls, counts: dict[str, int]) -> CaptionCounts:
+        captions = sorted(counts)
+        return cls(captions, np.array([counts[c] for c in captions], dtype=np.int64))
+
+    @property
+    def rows(self) -> int:
+        return int(self.counts.sum())
+
+
+def load_caption_counts(store: ArtifactStore, prefix: str) -> CaptionCounts:
+    """The caption counts of the finished collection under `prefix`, read one shard's
+    caption column at a time."""
+    if not store.exists(manifest_key(prefix)):
+        raise CollectError(f"no finished collection at {store.uri(prefix)} (no manifest.json)")
+    shards = store.get_json(manifest_key(prefix))["shards"]
+    counts = merge_counts(caption_counts(read_shard(store, s["key"], ["caption"])) for s in shards)
+    return CaptionCounts.of(counts)

@@ -1,7 +1,8 @@
 """Evaluating Motif's agent: it plays fresh games of the task (seeds apart from the training
 games'), sampling its actions, and the same games are played with uniformly random actions
 for comparison; each game is measured with `EpisodeStats` (`envs/nethack.py`), as in
-training, so training and evaluation figures mean the same."""
+training, so training and evaluation figures mean the same. `AgentPolicy` (an agent playing
+one observation at a time) also collects datasets from a trained agent (`collect.py`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 
-from maestro.envs.nethack import EPISODE_FIELDS, EpisodeStats, make_env
+from maestro.envs.nethack import AGENT_OBSERVATION_KEYS, EPISODE_FIELDS, EpisodeStats, make_env
+from maestro.methods.motif.collect import RandomPolicy
 
 # Evaluation games come from seed + this, never from the training games' seeds.
 EVAL_SEED_OFFSET = 1_000_003
@@ -31,7 +33,33 @@ class EpisodeRecord:
     success: int
 
 
-@torch.no_grad()
+class AgentPolicy:
+    """An agent's RLModule playing one observation at a time (collect.py's `Policy`):
+    actions sampled from its policy (greedy NetHack policies loop on one action), its
+    recurrent state carried from step to step and reset with each episode."""
+
+    def __init__(self, module):
+        self.module = module
+        self.recurrent = module.is_stateful()
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        """Start an episode: the initial recurrent state, the sampling stream from `seed`."""
+        self.generator = torch.Generator().manual_seed(seed)
+        initial = self.module.get_initial_state()
+        self.state = {k: torch.from_numpy(v)[None] for k, v in initial.items()}
+
+    @torch.no_grad()
+    def act(self, observation: dict[str, np.ndarray]) -> int:
+        obs = {k: torch.from_numpy(np.array(observation[k]))[None] for k in AGENT_OBSERVATION_KEYS}
+        if self.recurrent:
+            obs = {k: v[:, None] for k, v in obs.items()}
+        out = self.module.forward_exploration({Columns.OBS: obs, Columns.STATE_IN: self.state})
+        self.state = out.get(Columns.STATE_OUT, self.state)
+        logits = out[Columns.ACTION_DIST_INPUTS].reshape(-1)
+        return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator))
+
+
 def evaluate_agent(
     module,
     task: str,
@@ -42,30 +70,21 @@ def evaluate_agent(
     on_episode: Callable[[EpisodeRecord], None] | None = None,
 ) -> list[EpisodeRecord]:
     """Play `episodes` fresh games of `task` (deterministic given `seed`), sampling
-    actions from the policy (greedy NetHack policies loop on one action). `module` None
-    plays uniformly random actions: the baseline on the same games. `on_step` sees each
-    observation, `on_episode` each finished episode's record."""
+    actions from the policy (`AgentPolicy`). `module` None plays uniformly random actions:
+    the baseline on the same games. `on_step` sees each observation, `on_episode` each
+    finished episode's record."""
     env = EpisodeStats(make_env(task, seed=seed, max_episode_steps=max_episode_steps))
-    generator = torch.Generator().manual_seed(seed)
-    recurrent = module is not None and module.agent_config.use_lstm
+    policy = RandomPolicy(int(env.action_space.n)) if module is None else AgentPolicy(module)
     records = []
     for _ in range(episodes):
         observation, _ = env.reset()
+        # Each game's own policy seed (`SeededNetHack`): a game's actions do not depend on
+        # how long the games before it were.
+        policy.reset(env.get_wrapper_attr("policy_seed"))
         if on_step:
             on_step(observation)
-        initial = module.get_initial_state() if module is not None else {}
-        state = {k: torch.from_numpy(v)[None] for k, v in initial.items()}
         while True:
-            if module is None:
-                logits, out = torch.zeros(env.action_space.n), {}
-            else:
-                obs = {k: torch.from_numpy(v)[None] for k, v in observation.items()}
-                if recurrent:
-                    obs = {k: v[:, None] for k, v in obs.items()}
-                out = module.forward_exploration({Columns.OBS: obs, Columns.STATE_IN: state})
-                logits = out[Columns.ACTION_DIST_INPUTS].reshape(-1)
-            action = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-            state = out.get(Columns.STATE_OUT, state)
+            action = policy.act(observation)
             observation, _, terminated, truncated, info = env.step(action)
             if on_step:
                 on_step(observation)

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from maestro.methods.motif.collect import CaptionCounts
 
 
 class PairSamplingConfig(BaseModel):
@@ -119,22 +121,27 @@ class PairSample:
         }
 
 
-def sample_pairs(captions: Sequence[str], config: PairSamplingConfig, seed: int) -> PairSample:
-    """Draw `config.num_draws` pairs from `captions` (the dataset's caption column, in row
-    order) and merge them into distinct questions. Same captions, config and seed: same
-    questions in the same order."""
-    # The unique pool is sorted, so it does not depend on the dataset's row order.
-    pool = sorted(set(captions)) if config.mode == "unique" else list(captions)
-    if len(pool) < 2:
-        raise ValueError(f"need at least 2 captions to draw pairs from, got {len(pool)}")
+def sample_pairs(dataset: CaptionCounts, config: PairSamplingConfig, seed: int) -> PairSample:
+    """Draw `config.num_draws` pairs from the dataset (uniform mode: two rows, each caption
+    as likely as its share of the rows; unique mode: two distinct captions) and merge them
+    into distinct questions. Same dataset, config and seed: same questions in the same
+    order."""
+    pool = dataset.captions
+    size = config.num_draws
+    available = len(pool) if config.mode == "unique" else dataset.rows
+    if available < 2:
+        what = "distinct captions" if config.mode == "unique" else "captions"
+        raise ValueError(f"need at least 2 {what} to draw pairs from, got {available}")
     rng = np.random.default_rng(seed)
-    first = rng.integers(len(pool), size=config.num_draws)
     if config.mode == "unique":
+        first = rng.integers(len(pool), size=size)
         # Two distinct captions: the second index skips over the first.
-        second = rng.integers(len(pool) - 1, size=config.num_draws)
+        second = rng.integers(len(pool) - 1, size=size)
         second = second + (second >= first)
     else:
-        second = rng.integers(len(pool), size=config.num_draws)
+        share = dataset.counts / dataset.rows
+        first = rng.choice(len(pool), size=size, p=share)
+        second = rng.choice(len(pool), size=size, p=share)
 
     counts: dict[str, int] = {}
     order: dict[str, tuple[str, str]] = {}

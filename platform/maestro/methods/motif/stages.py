@@ -14,21 +14,31 @@ import numpy as np
 from maestro.envs.nethack import get_task
 from maestro.llm import PromptSet, load_prompt_set
 from maestro.methods.motif.annotation import annotate
-from maestro.methods.motif.collect import collect, load_captions
+from maestro.methods.motif.collect import CaptionCounts, collect, load_caption_counts
 from maestro.methods.motif.config import MotifConfig
 from maestro.methods.motif.pairs import PairSamplingConfig, pending, sample_pairs
 from maestro.methods.motif.preferences import PreferenceStore
 from maestro.methods.motif.reward_model import RewardModel
 from maestro.methods.motif.reward_training import PairData, train_reward_model
+from maestro.methods.motif.train import stored_agent
 from maestro.metrics import AnnotationMetrics, RolloutMetrics
+from maestro.spec import SpecError
 
 PREPARED = "prepared.json"  # in a run's folder: the store keys its prepare stages made
 
 
-def stage_collect(ctx) -> tuple[list[str], str]:
-    """Collect (or find) the dataset; returns its captions in row order and its folder."""
+def stage_collect(ctx) -> tuple[CaptionCounts, str]:
+    """Collect (or find) the dataset; returns its caption counts and its folder.
+    The folder is keyed by `collect:`, the seed and, for a trained agent's play, the key of
+    its checkpoint (a later checkpoint of the same run is a new dataset)."""
     cfg: MotifConfig = ctx.config
-    prefix = ctx.stage_key("dataset", {"collect": cfg.collect, "seed": ctx.spec.seed})
+    inputs = {"collect": cfg.collect, "seed": ctx.spec.seed}
+    if cfg.collect.policy == "checkpoint":
+        try:
+            inputs["agent"] = stored_agent(ctx.store, cfg.collect.checkpoint)
+        except FileNotFoundError as exc:
+            raise SpecError(f"{ctx.spec.source}: config.collect.checkpoint: {exc}") from None
+    prefix = ctx.stage_key("dataset", inputs)
     rollouts = RolloutMetrics(ctx.spec.run_name(), cfg.collect.task)
     result = collect(
         ctx.store,
@@ -39,10 +49,10 @@ def stage_collect(ctx) -> tuple[list[str], str]:
         on_shard=lambda shard: rollouts.record(env_steps=shard.rows, episodes=shard.episodes),
     )
     ctx.tracker.log_metrics(result.metrics(), step=0)
-    return load_captions(ctx.store, prefix), prefix
+    return load_caption_counts(ctx.store, prefix), prefix
 
 
-def stage_annotate(ctx, captions: list[str], dataset: str) -> tuple[PreferenceStore, str]:
+def stage_annotate(ctx, captions: CaptionCounts, dataset: str) -> tuple[PreferenceStore, str]:
     """Sample questions and answer the ones not yet in the preference store; returns the
     store and its folder, keyed by the dataset, the sampling, the annotator (its model by
     name or path) and the prompt's whole text."""
@@ -175,9 +185,9 @@ def log_reward_model(ctx, model: RewardModel) -> None:
     client.finalize_logged_model(logged.model_id, "READY")
 
 
-def stored_reward_model(store, run_folder: str) -> tuple[list[str], RewardModel]:
-    """The dataset captions and reward model that a Motif run's prepare made (named in its
-    `prepared.json`)."""
+def stored_reward_model(store, run_folder: str) -> tuple[CaptionCounts, RewardModel]:
+    """The dataset's caption counts and the reward model that a Motif run's prepare made
+    (named in its `prepared.json`)."""
     where = f"{run_folder.rstrip('/')}/{PREPARED}"
     prepared = store.get_json(where) if store.exists(where) else {}
     if "reward_model" not in prepared:
@@ -185,17 +195,19 @@ def stored_reward_model(store, run_folder: str) -> tuple[list[str], RewardModel]
             f"reward_model_from: no reward model recorded at {store.uri(where)} (run the "
             "collect, annotate and reward stages there first)"
         )
-    captions = load_captions(store, prepared["dataset"])
+    captions = load_caption_counts(store, prepared["dataset"])
     return captions, RewardModel.from_bytes(store.get_bytes(prepared["reward_model"]))
 
 
-def intrinsic_threshold(cfg: MotifConfig, captions: list[str], model: RewardModel) -> float | None:
+def intrinsic_threshold(
+    cfg: MotifConfig, dataset: CaptionCounts, model: RewardModel
+) -> float | None:
     """eps from `intrinsic.threshold_quantile` of the normalised rewards of the dataset's
     distinct captions, or None for the reward model's own threshold."""
     if cfg.intrinsic.threshold_quantile is None:
         return None
-    distinct = sorted(set(captions))
-    return float(np.quantile(model.normalised(distinct), cfg.intrinsic.threshold_quantile))
+    rewards = model.normalised(dataset.captions)
+    return float(np.quantile(rewards, cfg.intrinsic.threshold_quantile))
 
 
 def plot_returns(ctx, results) -> None:

@@ -59,6 +59,23 @@ from maestro.rl.checkpoints import LoopState, algorithm_bytes, restore_algorithm
 from maestro.rl.results import iteration_metrics, learner_stats, sampled_env_steps
 
 ALGORITHM = "algorithm.tar"  # the checkpoint entry holding `algorithm_bytes`
+
+
+def stored_agent(store, folder: str) -> str:
+    """The store key of a trained agent's `algorithm.tar` under `folder`: a checkpoint
+    folder, or an experiment's (`runs/motif/<name>`: its first trial's last checkpoint).
+    FileNotFoundError when there is none."""
+    folder = folder.strip("/")
+    if store.exists(f"{folder}/{ALGORITHM}"):
+        return f"{folder}/{ALGORITHM}"
+    # <folder>/tune/<trial folder>/checkpoint_<n>/algorithm.tar, names that sort in order
+    found = [k for k in store.list(f"{folder}/tune") if k.endswith(f"/{ALGORITHM}")]
+    if not found:
+        raise FileNotFoundError(f"no trained agent ({ALGORITHM}) under {store.uri(folder)}")
+    first_trial = min(key.split("/")[-3] for key in found)
+    return max(key for key in found if key.split("/")[-3] == first_trial)
+
+
 # The learner classes that apply the intrinsic reward, by algorithm.
 LEARNERS = {"appo": IntrinsicRewardAPPOLearner, "ppo": IntrinsicRewardPPOLearner}
 
