@@ -101,8 +101,8 @@ def test_depth_tasks_succeed_on_reaching_their_level(task, target):
         env.close()
 
 
-def test_oracle_counts_only_when_sober():
-    env = make_env("oracle", seed=2)
+def test_oracle_sober_counts_only_when_sober():
+    env = make_env("oracle_sober", seed=2)
     try:
         env.reset(seed=2)
         raw = env.unwrapped
@@ -116,6 +116,12 @@ def test_oracle_counts_only_when_sober():
         high[nethack.NLE_BL_CONDITION] |= nethack.BL_MASK_HALLU | nethack.BL_MASK_CONF
         assert hallucinating(high) and not hallucinating(blstats)
         assert status_with(env, blstats=high, glyphs=glyphs) == raw.StepStatus.RUNNING
+    finally:
+        env.close()
+    env = make_env("oracle", seed=2)  # the plain task counts a hallucinated Oracle too
+    try:
+        env.reset(seed=2)
+        assert status_with(env, blstats=high, glyphs=glyphs) == raw.StepStatus.TASK_SUCCESSFUL
     finally:
         env.close()
 
@@ -182,7 +188,7 @@ def test_raw_env_reports_an_abort_at_the_step_limit():
         env.close()
 
 
-@pytest.mark.parametrize("task", ["staircase", "staircase_lvl3", "oracle"])
+@pytest.mark.parametrize("task", ["staircase", "staircase_lvl3", "oracle", "oracle_sober"])
 def test_sparse_tasks_pay_fifty_on_success_and_nothing_per_step(task):
     """Motif's sparse tasks: 50 on the step that succeeds, 0 on every other step, where
     NLE's own staircase task charges the steps on which game time stands still."""
@@ -208,3 +214,17 @@ def test_sparse_tasks_pay_fifty_on_success_and_nothing_per_step(task):
     finally:
         env.close()
         nle_env.close()
+
+
+def test_continual_staircase_goes_on_past_its_depth_and_pays_nothing():
+    env = make_env("staircase_lvl3_continual", seed=1)
+    try:
+        env.reset(seed=1)
+        raw = env.unwrapped
+        deep = raw.last_observation[raw._blstats_index].copy()
+        deep[nethack.NLE_BL_DEPTH] = 5
+        assert status_with(env, blstats=deep) == raw.StepStatus.RUNNING
+        seen = raw.last_observation
+        assert raw._reward_fn(seen, 0, seen, raw.StepStatus.TASK_SUCCESSFUL) == 0.0
+    finally:
+        env.close()

@@ -315,7 +315,8 @@ def test_module_acts_and_evaluation_measures_match_the_games(core):
 def test_episode_stats_report_the_tasks_success():
     """Success is the task's own end status. A scripted explorer on the staircase task
     (run until `>` shows on the map, then NetHack's travel command to it and `>`) reaches
-    dungeon level 2 in this seeded game."""
+    dungeon level 2 in this seeded game: the step that arrives pays Motif's 50 and ends the
+    episode, no other step pays anything."""
     actions = tuple(nethack.ACTIONS)
     index = {int(a): i for i, a in enumerate(actions)}
     runs = [index[ord(c)] for c in "HJKLYUBN"]
@@ -323,17 +324,20 @@ def test_episode_stats_report_the_tasks_success():
     observation, _ = env.reset()
     rng = np.random.default_rng(1)
     plan: list[int] = []
+    rewards = []
     for _ in range(600):
         if not plan and (observation["tty_chars"][1:22] == ord(">")).any():
             plan = [index[ord(c)] for c in "_>.>"]
         action = plan.pop(0) if plan else runs[rng.integers(len(runs))]
-        observation, _, terminated, truncated, info = env.step(action)
+        observation, reward, terminated, truncated, info = env.step(action)
+        rewards.append(reward)
         if terminated or truncated:
             break
     env.close()
     assert terminated and not truncated
     assert info["episode_success"] == 1
     assert info["episode_depth"] == 2
+    assert rewards[-1] == 50.0 and set(rewards[:-1]) == {0.0}
 
 
 # ---------------------------------------------------------------- training

@@ -9,11 +9,14 @@ Tasks (`TASKS`, by name):
   bottom line (`blstats[NLE_BL_DEPTH]`) reaches the target, rewarded as Motif's sparse
   tasks (`SparseSuccessReward`). Any way down counts (stairs, trap door, hole); Motif's code
   also matches a descend message (docs/methods/motif.md says why Maestro does not).
+- `staircase_lvl3_continual`, `staircase_lvl4_continual`: Motif's variants for runs on the
+  intrinsic reward alone: the episode goes on past the target depth (it ends at death or
+  the step limit), no extrinsic reward; success is having reached the depth.
 - `staircase_pet`: NLE's NetHackStaircasePet (on a down staircase with the pet adjacent),
   with NLE's reward: Maestro's own task, not Motif's.
-- `oracle`: NLE's NetHackOracle (next to the Oracle), rewarded as Motif's sparse tasks and
-  refusing success while hallucinating: Motif found agents that hallucinate to "see" the
-  Oracle without reaching it (its oracle-sober task).
+- `oracle`: NLE's NetHackOracle (next to the Oracle), rewarded as Motif's sparse tasks.
+- `oracle_sober`: the same, refusing success while hallucinating: Motif found agents that
+  hallucinate to "see" the Oracle without reaching it.
 
 Each task carries a natural-language `goal` (what the embedding annotator scores captions
 against) and a `preference` (the key of the prompt's task modifier: `score` or `descend`).
@@ -77,7 +80,23 @@ class NetHackDescend(SparseSuccessReward, nle_tasks.NetHackStaircase):
         return self.StepStatus.RUNNING
 
 
-class NetHackOracleSober(SparseSuccessReward, nle_tasks.NetHackOracle):
+class NetHackDescendContinual(NetHackDescend):
+    """Reach depth `target_depth` without the episode ending there and without extrinsic
+    reward (Motif's continual staircase tasks, for intrinsic-only runs); `EpisodeStats`
+    counts the episode a success when its depth reached the target."""
+
+    def _is_episode_end(self, observation):
+        return self.StepStatus.RUNNING
+
+    def _reward_fn(self, last_observation, action, observation, end_status):
+        return 0.0
+
+
+class NetHackOracle(SparseSuccessReward, nle_tasks.NetHackOracle):
+    """NLE's Oracle task (stand next to the Oracle) with Motif's sparse reward."""
+
+
+class NetHackOracleSober(NetHackOracle):
     """NLE's Oracle task, but standing next to the Oracle only counts when not
     hallucinating (a hallucinating agent sees random monsters, the Oracle among them)."""
 
@@ -146,9 +165,29 @@ TASKS: dict[str, NetHackTask] = {
             (("target_depth", 4),),
         ),
         NetHackTask(
+            "staircase_lvl3_continual",
+            NetHackDescendContinual,
+            "go down the stairs to dungeon level 3",
+            "descend",
+            (("target_depth", 3),),
+        ),
+        NetHackTask(
+            "staircase_lvl4_continual",
+            NetHackDescendContinual,
+            "go down the stairs to dungeon level 4",
+            "descend",
+            (("target_depth", 4),),
+        ),
+        NetHackTask(
             "oracle",
-            NetHackOracleSober,
+            NetHackOracle,
             "go down the dungeon and find the Oracle",
+            "descend",
+        ),
+        NetHackTask(
+            "oracle_sober",
+            NetHackOracleSober,
+            "go down the dungeon and find the Oracle, without hallucinating",
             "descend",
         ),
     )
@@ -288,7 +327,8 @@ class EpisodeStats(gym.Wrapper):
     - depth: the deepest dungeon level reached (for a descend task that succeeded, at
       least its target depth: the zeroed last observation cannot show it);
     - distinct_messages: distinct non-empty captions seen (the reset one included);
-    - success: the task reported success (`end_status` TASK_SUCCESSFUL);
+    - success: the task reported success (`end_status` TASK_SUCCESSFUL), or on a
+      continual staircase task the depth reached its target;
     - extrinsic_return, length: sum of env rewards and steps."""
 
     def reset(self, **kwargs):
@@ -318,8 +358,11 @@ class EpisodeStats(gym.Wrapper):
         self._length += 1
         if terminated or truncated:
             success = int(int(info.get("end_status", 0)) == TASK_SUCCESSFUL)
+            target = getattr(self.env.unwrapped, "target_depth", 0)
             if success:
-                self._depth = max(self._depth, getattr(self.env.unwrapped, "target_depth", 0))
+                self._depth = max(self._depth, target)
+            elif isinstance(self.env.unwrapped, NetHackDescendContinual):
+                success = int(self._depth >= target)
             info = {
                 **info,
                 "episode_extrinsic_return": self._return,

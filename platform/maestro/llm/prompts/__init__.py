@@ -4,7 +4,8 @@ A prompt file holds a `version` id, a `system` message, the free-form `user` tem
 constrained-choice `direct_user` template with its `choices` (answer text -> label), the
 `retry` message (sent after an answer that could not be read, asking for the final answer
 in the required format), and `tasks`: per task a `modifier` (the sentence that steers the
-language model) and a `goal` (what the embedding backend compares captions with). Templates
+language model; it may be empty) and a `goal` (what the embedding backend compares captions
+with). Templates
 name their fields in braces: `{modifier}`, `{caption_1}`, `{caption_2}`; any other brace is
 literal text. `retry` is plain text and names no fields.
 """
@@ -151,9 +152,10 @@ def load_prompt_set(name: str = "motif") -> PromptSet:
         if not isinstance(body, dict):
             raise PromptError(f"{where}: task {task_name!r} must have `modifier` and `goal`")
         task_where = f"{where}: task {task_name!r}"
-        tasks[task_name] = TaskText(
-            task_name, _text(body, "modifier", task_where), _text(body, "goal", task_where)
-        )
+        modifier = body.get("modifier")
+        if not isinstance(modifier, str):  # may be empty: no steering sentence at all
+            raise PromptError(f"{task_where}: `modifier` must be a string")
+        tasks[task_name] = TaskText(task_name, modifier.strip(), _text(body, "goal", task_where))
     return PromptSet(
         version=_text(raw, "version", where),
         system=_text(raw, "system", where),

@@ -16,10 +16,10 @@ done), then trains one agent per trial (stage 4: each seed of each arm of `trial
    loss on the valid labels and saved with its normalisation and threshold
    (`reward_training.py`), and logged to MLflow as a model (`mlflow_model.py`).
 4. `train`, the trial: an RLlib agent (`agent.py`; APPO or PPO) plays the task on
-   `a1 * r_int + a2 * r_ext` (`intrinsic.py`), the intrinsic reward computed on the
-   learner (`intrinsic_connector.py`); its checkpoints are the trial's, so a killed
-   experiment continues each agent from its last one; at the end the agent is evaluated
-   on fresh games of the task (`train.py`, `evaluate.py`, on the RLlib glue of
+   `a1 * r_int + a2 * clip(scale * r_env, -clip, clip)` (`intrinsic.py`), the intrinsic
+   reward computed on the learner (`intrinsic_connector.py`); its checkpoints are the
+   trial's, so a killed experiment continues each agent from its last one; at the end the
+   agent is evaluated on fresh games of the task (`train.py`, `evaluate.py`, on the RLlib glue of
    `maestro.rl`).
 
 The spec's `config:` block is `MotifConfig` (`config.py`); the stages are in `stages.py`.

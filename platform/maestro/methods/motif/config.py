@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maestro.envs.nethack import get_task
-from maestro.llm import AnnotatorConfig
+from maestro.llm import AnnotatorConfig, load_prompt_set
 from maestro.methods.motif.annotation import AnnotationServiceConfig
 from maestro.methods.motif.collect import CollectConfig
 from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
@@ -25,6 +25,11 @@ class MotifConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(default="score", description="the NetHack task (envs/nethack.py TASKS)")
+    goal: str | None = Field(
+        default=None,
+        description="the goal the annotator judges progress towards: a task of the prompt set "
+        "(motif: score, descend, gold, combat, explore, ...); None: the task's own",
+    )
     stages: list[Stage] = Field(default_factory=lambda: list(STAGES), min_length=1)
     collect: CollectConfig = Field(default_factory=CollectConfig)
     pairs: PairSamplingConfig = Field(default_factory=PairSamplingConfig)
@@ -52,6 +57,8 @@ class MotifConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> MotifConfig:
         get_task(self.task)
+        if self.goal is not None:
+            load_prompt_set(self.annotator.prompt).task(self.goal)  # names the known goals
         order = [STAGES.index(s) for s in self.stages]
         if order != sorted(set(order)):
             raise ValueError(f"stages must be distinct and in the order {', '.join(STAGES)}")

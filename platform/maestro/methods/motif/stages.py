@@ -58,7 +58,7 @@ def stage_annotate(ctx, captions: CaptionCounts, dataset: str) -> tuple[Preferen
     name or path) and the prompt's whole text."""
     cfg: MotifConfig = ctx.config
     prompts = load_prompt_set(cfg.annotator.prompt)
-    preference = get_task(cfg.task).preference
+    preference = cfg.goal or get_task(cfg.task).preference
     task_text = prompts.task(preference)
     sample = sample_pairs(
         captions, question_namespace(cfg.pairs, prompts, preference), ctx.spec.seed
@@ -70,7 +70,7 @@ def stage_annotate(ctx, captions: CaptionCounts, dataset: str) -> tuple[Preferen
         "seed": ctx.spec.seed,
         "annotator": cfg.annotator,
         "prompt": dataclasses.asdict(prompts),
-        "task": cfg.task,
+        "goal": preference,
     }
     folder = ctx.stage_key("preferences", inputs)
     preferences = PreferenceStore(ctx.store, folder)
