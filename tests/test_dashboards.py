@@ -36,7 +36,6 @@ from .conftest import REPO, free_port
 from .tiny_llm import build_random_llama
 
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
-ANNOTATE = REPO / "jobs" / "motif" / "annotate.yaml"
 QUICKSTART = REPO / "jobs" / "motif" / "quickstart.yaml"
 ANNOTATE_SMALL = [
     "config.collect.num_shards=2",
@@ -53,7 +52,8 @@ TRAIN_SMALL = [
     "config.train.eval_episodes=1",
 ]
 # The tiny Llama answers with noise: almost every answer is invalid (truncated).
-NOISY_JUDGE = [
+NOISY_JUDGE = [  # collection and annotation only
+    "config.stages=[collect, annotate]",
     "config.annotator.backend=hf",
     "config.annotator.max_tokens=16",
     "config.pairs.num_draws=40",
@@ -364,7 +364,7 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
             results = []
             jobs = [
                 (QUICKSTART, TRAIN_SMALL),
-                (ANNOTATE, [*NOISY_JUDGE, f"config.annotator.model={model}"]),
+                (QUICKSTART, [*NOISY_JUDGE, f"config.annotator.model={model}"]),
             ]
             for path, overrides in jobs:
                 spec = load_spec(str(path), preset="smoke", overrides=ANNOTATE_SMALL + overrides)

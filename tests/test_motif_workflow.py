@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from maestro.methods.motif.train import stored_agent
@@ -75,3 +76,46 @@ def test_one_annotated_dataset_from_a_score_agent_serves_a_task_run(workdir):
     # The score agent learned from the env reward alone; the task run from the shared model.
     assert "train/intrinsic_return" not in trial_metrics("motif-score-agent-smoke")
     assert "train/intrinsic_reward_per_step" in trial_metrics("staircase-on-shared")
+
+
+def test_a_reward_only_experiment_learns_one_reward_model_per_arm_and_seed(workdir):
+    """`jobs/motif/steering.yaml`: without `train`, prepare makes a reward model for each
+    arm (goal) and seed, sharing each seed's dataset between the arms, and each trial
+    reports the probe rewards of its own model."""
+    from maestro.methods.motif.stages import probe_rewards
+
+    out = maestro_run(
+        "steering.yaml",
+        workdir,
+        "trials.seeds=2",
+        # Enough random play that gold and combat captions occur in every seed's dataset.
+        "config.collect.num_shards=8",
+        "config.collect.max_episode_steps=1000",
+        "tracking.run_name=steering-small",
+    )
+    assert "claim a_gold_goal_pays_more_for_gold:" in out
+    folder = workdir / "maestro-store" / "runs" / "motif" / "steering-small"
+    assert len(list(folder.glob("dataset-*"))) == 2  # one per seed, shared by the goals
+    assert len(list(folder.glob("preferences-*"))) == 4
+    models = sorted(folder.glob("reward_model-*/model.pt"))
+    assert len(models) == 4 and len({m.read_bytes() for m in models}) == 4
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("motif-steering").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.mlflow.runName = 'steering-small'")
+    trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted((t.data.tags["arm"], t.data.tags["seed"]) for t in trials) == [
+        (arm, seed) for arm in ("combat", "gold") for seed in ("0", "1")
+    ]
+    # A trial's figures are its own reward model's, measured on its seed's dataset.
+    store = LocalStore(workdir / "maestro-store")
+    prepared = store.get_json("runs/motif/steering-small/prepared.json")  # gold, seed 0
+    expected = probe_rewards(store, prepared["dataset"], prepared["reward_model"])
+    (first,) = [t for t in trials if (t.data.tags["arm"], t.data.tags["seed"]) == ("gold", "0")]
+    for name, value in expected.items():
+        assert first.data.metrics[name] == pytest.approx(value)
+    assert parent.data.tags["maestro.claim.a_gold_goal_pays_more_for_gold"] in (
+        "reproduced",
+        "contradicted",
+        "inconclusive",
+    )

@@ -30,10 +30,16 @@ model and dataset: how a sweep (`jobs/motif/sweep.yaml`) varies the agent and th
 coefficients without annotating again, and how every task trains on one reward model. With
 `stages: [train]` alone the agent trains on the env reward (`jobs/motif/score_agent.yaml`:
 the agent whose checkpoints collect the paper's dataset, `collect.policy: checkpoint`).
+
+Without `train`, the reward model is what the experiment learns: `prepare` makes one per
+arm and seed (their stages shared where the inputs agree) and each trial measures its own
+on the dataset's captions (`probe/*`, `stages.probe_rewards`), so claims compare reward
+models over seeds (`jobs/motif/steering.yaml`: annotated towards different goals).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import maestro.rl  # noqa: F401  (first: settles Ray's auth mode before RLlib is imported)
@@ -41,25 +47,62 @@ from maestro.methods import Method
 from maestro.methods.motif.config import MotifConfig
 from maestro.methods.motif.stages import (
     PREPARED,
+    PROBES,
     intrinsic_threshold,
     plot_returns,
+    probe_rewards,
     stage_annotate,
     stage_collect,
     stage_reward,
     stored_reward_model,
 )
 from maestro.methods.motif.train import train_agent
+from maestro.spec import build_spec, trial_data
 
 
 def prepare(ctx) -> dict[str, Any]:
     """The stages before training, in order, each in a folder keyed by its inputs; returns
     (and records in the run's `prepared.json`) where the dataset and the reward model
     are, and the folder whose reward model the trials train on (`source`; None: the env
-    reward alone). With `reward_model_from`, nothing runs: the trials train on that run's."""
+    reward alone). With `reward_model_from`, nothing runs: the trials train on that run's.
+    Without `train`, the stages run for each arm and seed (`reward_models`, by trial
+    coordinates); `prepared.json` names the first arm's first seed's."""
     cfg: MotifConfig = ctx.config
     if cfg.reward_model_from is not None:
         stored_reward_model(ctx.store, cfg.reward_model_from)  # fails here, not in every trial
         return {"source": cfg.reward_model_from}
+    if "train" not in cfg.stages:
+        made = {
+            coordinates(arm, seed): prepare_stages(dataclasses.replace(ctx, spec=spec))
+            for arm, seed, spec in arm_seed_specs(ctx.spec)
+        }
+        ctx.store.put_json(ctx.key(PREPARED), next(iter(made.values())))
+        return {"reward_models": made}
+    made = prepare_stages(ctx)
+    ctx.store.put_json(ctx.key(PREPARED), made)
+    return {"source": ctx.prefix if "reward_model" in made else None}
+
+
+def coordinates(arm: str, seed: int) -> str:
+    return f"{arm}/seed{seed}"
+
+
+def arm_seed_specs(spec) -> list[tuple[str, int, Any]]:
+    """(arm, seed, the spec of that arm and seed) for every trial of `spec`; each keeps the
+    experiment's run name (its stages' metrics are the experiment's)."""
+    resolved = spec.resolved()
+    resolved["tracking"]["run_name"] = spec.run_name()
+    return [
+        (arm, seed, build_spec(trial_data(resolved, {"arm": arm, "seed": seed}), spec.source))
+        for arm in spec.arm_names()
+        for seed in spec.seeds()
+    ]
+
+
+def prepare_stages(ctx) -> dict[str, str]:
+    """Collect, annotate and train the reward model as far as `stages` asks; returns the
+    store keys made (`dataset`, `preferences`, `reward_model`)."""
+    cfg: MotifConfig = ctx.config
     made = {}
     if set(cfg.stages) & {"collect", "annotate", "reward"}:
         captions, made["dataset"] = stage_collect(ctx)
@@ -69,17 +112,20 @@ def prepare(ctx) -> dict[str, Any]:
             made["preferences"] = labels
             if "reward" in cfg.stages:
                 made["reward_model"] = stage_reward(ctx, preferences, labels)
-    ctx.store.put_json(ctx.key(PREPARED), made)
-    return {"source": ctx.prefix if "reward_model" in made else None}
+    return made
 
 
 def trial(ctx) -> dict[str, float]:
     """Train an agent on the prepared reward model, or on the env reward when there is
     none (continuing from the trial's last checkpoint), evaluate it; returns env steps and
-    the evaluation figures."""
+    the evaluation figures. Without `train`: the probe rewards of the trial's own reward
+    model."""
     cfg: MotifConfig = ctx.config
     if "train" not in cfg.stages:
-        return {}
+        made = ctx.prepared["reward_models"][coordinates(ctx.arm, ctx.seed)]
+        if "reward_model" not in made:
+            return {}
+        return probe_rewards(ctx.store, made["dataset"], made["reward_model"])
     dataset, model = None, None
     if ctx.prepared["source"] is not None:
         dataset, model = stored_reward_model(ctx.store, ctx.prepared["source"])
@@ -98,9 +144,11 @@ def trial(ctx) -> dict[str, float]:
 
 def trial_resources(cfg: MotifConfig) -> Any:
     """RLlib's own request for the trial's algorithm: the learner (with its GPU) in the
-    trial's process, and one bundle per env runner."""
+    trial's process, and one bundle per env runner; one CPU without `train`."""
     from maestro.methods.motif.train import algorithm_config
 
+    if "train" not in cfg.stages:
+        return {"cpu": 1}
     config = algorithm_config(cfg.task, cfg.train, seed=0, epoch=0, settings=None)
     return config.algo_class.default_resource_request(config)
 
@@ -121,6 +169,7 @@ METHOD = Method(
         "eval_random/distinct_messages",
         "eval_random/extrinsic_return",
         "eval_random/success_rate",
+        *(f"probe/{name}" for name in PROBES),
     ),
     step="env steps",
     prepare=prepare,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,12 @@ from maestro.metrics import AnnotationMetrics, RolloutMetrics
 from maestro.spec import SpecError
 
 PREPARED = "prepared.json"  # in a run's folder: the store keys its prepare stages made
+# Captions whose rewards show what a reward model was steered towards: by what they say.
+PROBES = {
+    "gold": re.compile(r"\bgold\b", re.IGNORECASE),
+    "stairs": re.compile(r"\bstair", re.IGNORECASE),
+    "combat": re.compile(r"\byou (hit|kill|destroy)\b|\bmiss(es)?\b", re.IGNORECASE),
+}
 
 
 def stage_collect(ctx) -> tuple[CaptionCounts, str]:
@@ -199,6 +206,20 @@ def stored_reward_model(store, run_folder: str) -> tuple[CaptionCounts, RewardMo
     return captions, RewardModel.from_bytes(store.get_bytes(prepared["reward_model"]))
 
 
+def probe_rewards(store, dataset: str, reward_model: str) -> dict[str, float]:
+    """`probe/<name>`: the mean normalised reward of the dataset's distinct captions that
+    match each of `PROBES` (absent when none match)."""
+    captions = load_caption_counts(store, dataset).captions
+    model = RewardModel.from_bytes(store.get_bytes(reward_model))
+    rewards = model.normalised(captions)
+    found = {}
+    for name, pattern in PROBES.items():
+        matching = [i for i, caption in enumerate(captions) if pattern.search(caption)]
+        if matching:
+            found[f"probe/{name}"] = float(rewards[matching].mean())
+    return found
+
+
 def intrinsic_threshold(
     cfg: MotifConfig, dataset: CaptionCounts, model: RewardModel
 ) -> float | None:
@@ -214,7 +235,7 @@ def plot_returns(ctx, results) -> None:
     """Intrinsic and extrinsic return, score and distinct messages per episode against env
     steps, one line per trial read back from its MLflow run (so resumed trials' plots cover
     all of them): the logged values faint, a smoothed line over them."""
-    if not ctx.tracker.enabled or not results:
+    if not ctx.tracker.enabled or not results or "train" not in ctx.config.stages:
         return
     import matplotlib
 
