@@ -8,6 +8,7 @@ in-process experiments use it, and the driver that gets killed joins it from a s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -195,6 +196,15 @@ def driver_process(tmp_path: Path, address: str) -> subprocess.Popen:
         )  # fmt: skip
 
 
+def saved_since(folder: Path, since: float) -> bool:
+    """Whether Tune wrote an experiment state under `folder` after time `since`."""
+    for state in folder.glob("experiment_state-*"):
+        with contextlib.suppress(FileNotFoundError):  # replaced while being looked at
+            if state.stat().st_mtime > since:
+                return True
+    return False
+
+
 def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path):
     total = 30
     driver = driver_process(tmp_path, ray_cluster)
@@ -212,13 +222,16 @@ def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path)
         except MlflowException:  # the driver held the database's write lock too long
             continue
         # Kill with trials in flight, one of them past a checkpoint (each report carries
-        # one) and a second later, when Tune has saved a state that holds it: the ones
-        # seen running are still running at the kill. The driver is not frozen for the
-        # read: frozen, it can hold sqlite's write lock.
+        # one), as soon as Tune has saved a state after that (which then holds it): a
+        # trial has about a second left after its first checkpoint, so waiting longer
+        # lets the checkpointed ones finish. The driver is not frozen for the read:
+        # frozen, it can hold sqlite's write lock.
         finished = sum(r.info.status == "FINISHED" for r in runs)
         checkpointed = [r for r in runs if r.info.status != "FINISHED" and r.data.metrics]
         if finished >= 10 and checkpointed:
-            time.sleep(1.0)
+            seen = time.time()
+            while not saved_since(states[0].parent / "tune", seen) and time.time() < seen + 30:
+                time.sleep(0.02)
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started
             driver.wait()
             break
