@@ -49,6 +49,19 @@ def test_the_interquartile_mean_drops_a_quarter_of_the_scores_at_each_end():
     assert interquartile_mean(np.array([7.0])) == 7.0
 
 
+def test_a_margin_tolerates_that_fraction_of_the_losers_statistic():
+    # a is 10% worse than b (lower is better): reproduced within a 20% margin, contradicted
+    # within 5%.
+    a, b = np.array([110.0, 110.0, 110.0]), np.array([100.0, 100.0, 100.0])
+    within = Claim(name="n", metric="m", better="lower", compare=("a", "b"), margin=0.2)
+    assert check_claim(within, {"a": a, "b": b}).difference.value == pytest.approx(10.0)
+    assert check_claim(within, {"a": a, "b": b}).verdict == "reproduced"
+    beyond = within.model_copy(update={"margin": 0.05})
+    result = check_claim(beyond, {"a": a, "b": b})
+    assert result.verdict == "contradicted" and result.difference.value == pytest.approx(-5.0)
+    assert "+ 0.05 x |b|" in result.line()
+
+
 def test_lower_is_better_turns_the_difference_around():
     result = check_claim(claim(better="lower"), {"a": LOW, "b": HIGH})
     assert result.verdict == "reproduced"
@@ -92,19 +105,19 @@ def test_a_claim_that_does_not_fit_the_spec_is_refused(change, message):
 
 
 def test_a_randomist_run_records_its_claims_in_mlflow(workdir):
-    # RANDOMIST below UCB1 (true at this scale by a wide margin), the same claim turned
-    # around, and RANDOMIST against itself (an arm of the same config: the same seeds give
+    # GP-UCB below UCB1 (true at this scale by a wide margin), the same claim turned
+    # around, and GP-UCB against itself (an arm of the same config: the same seeds give
     # the same regrets), over three seeds, each (arm, seed) a trial.
     claims = [
-        {"name": "randomist_below_ucb1", "metric": "final_regret", "better": "lower",
-         "compare": ["randomist", "ucb1"]},
-        {"name": "ucb1_below_randomist", "metric": "final_regret", "better": "lower",
-         "compare": ["ucb1", "randomist"]},
-        {"name": "randomist_below_itself", "metric": "final_regret", "better": "lower",
-         "compare": ["randomist", "randomist_again"]},
+        {"name": "gpucb_below_ucb1", "metric": "final_regret", "better": "lower",
+         "compare": ["gpucb", "ucb1"]},
+        {"name": "ucb1_below_gpucb", "metric": "final_regret", "better": "lower",
+         "compare": ["ucb1", "gpucb"]},
+        {"name": "gpucb_below_itself", "metric": "final_regret", "better": "lower",
+         "compare": ["gpucb", "gpucb_again"]},
     ]  # fmt: skip
-    arms = "{randomist: {algorithm: randomist}, ucb1: {algorithm: ucb1}, "
-    arms += "randomist_again: {algorithm: randomist}}"
+    arms = "{gpucb: {algorithm: gpucb}, ucb1: {algorithm: ucb1}, "
+    arms += "gpucb_again: {algorithm: gpucb}}"
     done = subprocess.run(
         [sys.executable, "-m", "maestro", "run", LQG, "--preset", "smoke"]
         + ["--set", "config.rounds=1000", "--set", "trials.seeds=3"]
@@ -115,37 +128,37 @@ def test_a_randomist_run_records_its_claims_in_mlflow(workdir):
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "claim randomist_below_ucb1: reproduced" in done.stdout
-    assert "claim ucb1_below_randomist: contradicted" in done.stdout
-    assert "claim randomist_below_itself: inconclusive" in done.stdout
+    assert "claim gpucb_below_ucb1: reproduced" in done.stdout
+    assert "claim ucb1_below_gpucb: contradicted" in done.stdout
+    assert "claim gpucb_below_itself: inconclusive" in done.stdout
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("randomist").experiment_id
     (run,) = client.search_runs([experiment], "tags.`maestro.kind` = 'run'")
     trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert sorted((t.data.tags["arm"], t.data.tags["seed"]) for t in trials) == [
-        (arm, str(seed)) for arm in ("randomist", "randomist_again", "ucb1") for seed in range(3)
+        (arm, str(seed)) for arm in ("gpucb", "gpucb_again", "ucb1") for seed in range(3)
     ]
-    assert run.data.tags["maestro.claim.randomist_below_ucb1"] == "reproduced"
-    assert run.data.tags["maestro.claim.ucb1_below_randomist"] == "contradicted"
-    assert run.data.tags["maestro.claim.randomist_below_itself"] == "inconclusive"
-    assert run.data.metrics["claim/randomist_below_itself/difference"] == 0
-    difference = run.data.metrics["claim/randomist_below_ucb1/difference"]
-    assert run.data.metrics["claim/randomist_below_ucb1/difference_low"] > 0
-    assert difference == pytest.approx(-run.data.metrics["claim/ucb1_below_randomist/difference"])
-    # The difference is UCB1's final regret less RANDOMIST's, as their trials' runs have them.
+    assert run.data.tags["maestro.claim.gpucb_below_ucb1"] == "reproduced"
+    assert run.data.tags["maestro.claim.ucb1_below_gpucb"] == "contradicted"
+    assert run.data.tags["maestro.claim.gpucb_below_itself"] == "inconclusive"
+    assert run.data.metrics["claim/gpucb_below_itself/difference"] == 0
+    difference = run.data.metrics["claim/gpucb_below_ucb1/difference"]
+    assert run.data.metrics["claim/gpucb_below_ucb1/difference_low"] > 0
+    assert difference == pytest.approx(-run.data.metrics["claim/ucb1_below_gpucb/difference"])
+    # The difference is UCB1's final regret less GP-UCB's, as their trials' runs have them.
     final = {
         arm: [t.data.metrics["final_regret"] for t in trials if t.data.tags["arm"] == arm]
-        for arm in ("randomist", "ucb1")
+        for arm in ("gpucb", "ucb1")
     }
     summary = run.data.metrics
     for arm, values in final.items():
         assert summary[f"summary/final_regret/{arm}"] == pytest.approx(np.mean(values))
-    expected = summary["summary/final_regret/ucb1"] - summary["summary/final_regret/randomist"]
+    expected = summary["summary/final_regret/ucb1"] - summary["summary/final_regret/gpucb"]
     assert difference == pytest.approx(expected, rel=0.05)
     folder = client.download_artifacts(run.info.run_id, "claims.json", str(workdir))
     with open(folder) as file:
         recorded = {c["name"]: c for c in json.load(file)}
-    assert recorded["randomist_below_ucb1"]["seeds"] == [3, 3]
+    assert recorded["gpucb_below_ucb1"]["seeds"] == [3, 3]
 
     # `maestro report` shows the reproduction table.
     page = workdir / "report.html"
@@ -158,7 +171,7 @@ def test_a_randomist_run_records_its_claims_in_mlflow(workdir):
         timeout=300,
     )
     assert report.returncode == 0, report.stderr[-2000:]
-    assert "claim randomist_below_ucb1: reproduced" in report.stdout
+    assert "claim gpucb_below_ucb1: reproduced" in report.stdout
     html = page.read_text()
     assert "<h2>Paper claims</h2>" in html
     table = html.split("<h2>Paper claims</h2>")[1].split("</table>")[0]

@@ -60,7 +60,7 @@ NOISY_JUDGE = [  # collection and annotation only
     "config.annotation.batch_size=8",
 ]
 SWEEP = REPO / "jobs" / "randomist" / "sweep.yaml"
-# Ten tiny RANDOMIST trials (5 algorithms x 2 exploration coefficients x 1 seed), two
+# Twelve tiny RANDOMIST trials (6 algorithms x 2 exploration coefficients x 1 seed), two
 # reports each.
 SWEEP_SMALL = [
     "config.rounds=40",
@@ -438,7 +438,7 @@ def test_recorded_values_reach_the_metrics_endpoint(exported):
 
 def test_sweep_trial_counts_reach_the_metrics_endpoint(exported):
     sweep = exported.sweep
-    assert sweep["trials"] == 10
+    assert sweep["trials"] == 12
 
     def trials(state: str, name: str = sweep["sweep"]) -> list[float]:
         labels = {"sweep": name, "state": state}

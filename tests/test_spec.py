@@ -19,14 +19,16 @@ def test_preset_and_overrides_apply_with_types():
     spec = load_spec(LQG, preset="full", overrides=["config.rounds=300", "config.lqg.gamma=0.9"])
     assert spec.method == "randomist"
     assert spec.config.rounds == 300  # the override wins over the preset
-    assert spec.trials.seeds == 50  # from the full preset
+    assert spec.trials.seeds == 30  # from the full preset
     assert spec.seeds()[:3] == [0, 1, 2]
-    assert spec.arm_names() == ["randomist", "optimist", "ucb1", "phe", "thompson"]
+    assert spec.arm_names() == [
+        "randomist", "randomist_th", "optimist", "ucb1", "gpucb", "thompson", "phe"
+    ]  # fmt: skip
     assert spec.config.lqg.gamma == 0.9
     assert spec.preset == "full"
     flat = flatten(spec.resolved())
     assert flat["config.rounds"] == 300
-    assert flat["config.lqg.horizon"] == 10
+    assert flat["config.lqg.horizon"] == 20
 
 
 def test_same_spec_same_run_name_and_changes_change_it():

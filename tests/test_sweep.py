@@ -22,7 +22,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from maestro.cli import main
-from maestro.methods.randomist.bandit import BanditState, arm_values, simulate
+from maestro.methods.randomist.bandit import BanditState, simulate
 from maestro.methods.randomist.config import RandomistConfig
 from maestro.run import Experiment, run_experiment, start_parent
 from maestro.spec import SpecError, apply_params, load_spec, trial_data
@@ -127,7 +127,7 @@ def test_space_keys_nest_or_dot_and_apply_to_the_spec():
     sweep = load_sweep(spec)
     assert sorted(sweep.space) == ["config.algorithm", "config.exploration"]
     experiment = Experiment(spec, "sweep", spec.run_name(), sweep)
-    assert experiment.total_trials() == 5 * 3 * 3  # algorithms x exploration values x seeds
+    assert experiment.total_trials() == 6 * 3 * 3  # algorithms x exploration values x seeds
     assert experiment.prefix == f"sweeps/randomist/{spec.run_name()}"
     # A trial's spec: its arm's overlay, its seed, its swept values; nothing else.
     lqg = load_spec(LQG, preset="smoke").resolved()
@@ -174,9 +174,9 @@ LONGER = ["config.rounds=6000", "config.log_every=2000", "config.checkpoint_ever
 
 
 def resume_command(tmp_path: Path) -> list[str]:
-    """`maestro run` arguments of the run that gets killed: 5 algorithms x 6 seeds = 30
+    """`maestro run` arguments of the run that gets killed: 7 algorithms x 4 seeds = 28
     trials."""
-    overrides = [*TINY, *LONGER, "trials.seeds=6", f"store.uri={tmp_path / 'store'}"]
+    overrides = [*TINY, *LONGER, "trials.seeds=4", f"store.uri={tmp_path / 'store'}"]
     return ["run", str(LQG), "--preset", "smoke", *[f"--set={item}" for item in overrides]]
 
 
@@ -206,7 +206,7 @@ def saved_since(folder: Path, since: float) -> bool:
 
 
 def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path):
-    total = 30
+    total = 28
     driver = driver_process(tmp_path, ray_cluster)
     client = None
     deadline = time.monotonic() + 240
@@ -273,7 +273,7 @@ def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path)
         run = by_name[name]
         trial = trial_data(base, json.loads(run.data.tags["maestro.trial.params"]))
         cfg = RandomistConfig.model_validate(trial["config"])
-        curve = list(simulate(cfg, BanditState.start(cfg, trial["seed"]), arm_values(cfg)))
+        curve = list(simulate(cfg, BanditState.start(cfg, trial["seed"])))
         expected = [(t, curve[t - 1]) for t in (2000, 4000, 6000)]
         assert_curve(histories(client, run.info.run_id, "regret"), expected)
         restored += "resumed_at_step" in client.get_run(run.info.run_id).data.metrics

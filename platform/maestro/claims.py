@@ -8,10 +8,13 @@ A spec's `claims:` list states a paper's qualitative effects::
         better: lower
         compare: [randomist, ucb1] # the arm that should win, the arm it should beat
         statistic: iqm             # or mean, median
+        margin: 0.0                # optional: "not worse by more than margin x the loser's"
 
 `check_claim` computes the statistic of each arm over its seeds, and the difference
 `d = stat(winner) - stat(loser)` (negated when lower is better, so d > 0 is the claimed
-direction), each with a 95% stratified bootstrap interval from `rliable` (Agarwal et al.,
+direction), plus `margin * |stat(loser)|` when a margin is given (the claim is then that
+the winner is not worse than the loser by more than that fraction of the loser's
+statistic), each with a 95% stratified bootstrap interval from `rliable` (Agarwal et al.,
 "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021). The verdict: the
 interval of d above zero, `reproduced`; below zero, `contradicted`; containing zero,
 `inconclusive`.
@@ -40,6 +43,7 @@ class Claim(BaseModel):
     better: Literal["higher", "lower"]
     compare: tuple[str, str]
     statistic: Literal["iqm", "mean", "median"] = "iqm"
+    margin: float = Field(default=0.0, ge=0, description="tolerated fraction of the loser's")
 
     @field_validator("compare")
     @classmethod
@@ -76,6 +80,7 @@ class ClaimResult:
     loser_estimate: Estimate
     difference: Estimate  # > 0: the claimed direction
     verdict: Verdict
+    margin: float = 0.0  # the claim's tolerance, a fraction of the loser's statistic
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,10 +96,11 @@ class ClaimResult:
 
     def line(self) -> str:
         """One line for a terminal or a log."""
+        margin = f" + {self.margin:g} x |{self.loser}|" if self.margin else ""
         return (
             f"{self.name}: {self.verdict} ({self.statistic} {self.metric}, {self.better} is "
             f"better: {self.winner} {self.winner_estimate} vs {self.loser} "
-            f"{self.loser_estimate}; difference {self.difference}, "
+            f"{self.loser_estimate}; difference{margin} {self.difference}, "
             f"seeds {self.seeds[0]}+{self.seeds[1]})"
         )
 
@@ -153,7 +159,8 @@ def check_claim(
         return np.array([stat(s)])
 
     def oriented_difference(a, b):
-        return np.array([sign * (stat(a) - stat(b))])
+        loser_stat = stat(b)
+        return np.array([sign * (stat(a) - loser_stat) + claim.margin * abs(loser_stat)])
 
     # rliable resamples with numpy's global generator: seed it, then put it back.
     saved = np.random.get_state()
@@ -187,6 +194,7 @@ def check_claim(
         better=claim.better,
         winner=winner,
         loser=loser,
+        margin=claim.margin,
         seeds=(len(x), len(y)),
         winner_estimate=estimate(winner),
         loser_estimate=estimate(loser),

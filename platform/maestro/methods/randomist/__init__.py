@@ -1,11 +1,12 @@
 """RANDOMIST: policy optimisation as online learning with mediator feedback.
 
 Metelli, Papini, D'Oro, Restelli, "Policy Optimization as Online Learning with Mediator
-Feedback", AAAI 2021 (arXiv:2012.08225); what Maestro runs of it: `docs/methods/randomist.md`.
+Feedback", AAAI 2021 (arXiv:2012.08225); what Maestro runs of it, with the paper's settings
+and where Maestro differs: `docs/methods/randomist.md`.
 
 Arms are K Gaussian hyperpolicies nu_k = N(mu_k, sigma^2) over the gain of a linear policy
 on the 1-D LQG (`maestro.envs.lqg`). Each round the learner picks an arm, samples a gain
-omega ~ nu_k, runs one episode and observes (omega, reward). Because omega is observed
+omega ~ nu_k, runs one episode and observes (omega, return). Because omega is observed
 (mediator feedback), every sample informs every arm through multiple importance sampling
 with the balance heuristic:
 
@@ -15,22 +16,20 @@ with the balance heuristic:
 where d2_j bounds the exponentiated 2-Renyi divergence of nu_j to the mixture (harmonic
 mean of the closed-form pairwise Gaussian divergences) and ESS_j = t / d2_j.
 
-Algorithms (each index is maximised every round):
-- `randomist`: perturbed history on the MIS estimate: ceil(a ESS) Binomial(1/2)
-  pseudo-rewards, plus the truncation-bias term sqrt(alpha log t / ESS).
-- `optimist`: MIS estimate + sqrt(alpha log t / ESS) (the paper's constant sqrt(2) + 4/3
-  folded into `exploration`).
-- `ucb1`: each arm's own mean + sqrt(2 log t / n).
-- `phe`: perturbed history without importance sampling (own samples only).
-- `thompson`: Gaussian Thompson sampling on each arm's own samples.
-
-`exploration` scales each algorithm's exploration term (bonus, pseudo-reward ratio,
-posterior width), so one number can be swept across algorithms.
+Algorithms (indices in `indices.py`, each maximised every round):
+- `randomist`: mu + the mean of ceil(a ESS) Binomial(1/2) pseudo-rewards
+  + sqrt(alpha log t / ESS) + sqrt(alpha d2 log t / t); a = 1.1, or 8.1 (the theory's).
+- `optimist`: mu + (sqrt 2 + 1) sqrt(alpha d2 log t / t).
+- `ucb1`: each arm's own mean + sqrt(alpha log t / (2 n)).
+- `gpucb`: a GP over the arm means fitted to the returns: mean + sqrt(2 alpha log t) sd.
+- `phe`: perturbed history on each arm's own returns, ceil(a n) pseudo-rewards (a = 2.1).
+- `thompson`: a Gaussian draw per arm around its mean, width 1 / (n + 1).
 
 Files: `config.py` (the spec's config), `estimators.py` (the MIS formulas above),
-`bandit.py` (the loop and its state). Here: a trial is one algorithm on one seed (the
-spec's arms set `algorithm`); it logs cumulative regret every `log_every` rounds and
-checkpoints its whole state; `aggregate` plots mean regret with a 95% band per arm.
+`indices.py` (the algorithms' indices), `bandit.py` (the loop and its state). Here: a trial
+is one algorithm on one seed (the spec's arms set `algorithm`); it logs both cumulative
+regrets every `log_every` rounds and checkpoints its whole state; `aggregate` plots mean
+regret with a 95% band per arm.
 """
 
 from __future__ import annotations
@@ -40,52 +39,71 @@ import math
 import numpy as np
 
 from maestro.methods import Method
-from maestro.methods.randomist.bandit import BanditState, arm_values, simulate
+from maestro.methods.randomist.bandit import BanditState, simulate
 from maestro.methods.randomist.config import RandomistConfig
 from maestro.tracking import figure_png, step_axis
 
 
 def trial(ctx) -> dict[str, float]:
-    """One algorithm on one seed: cumulative regret every `log_every` rounds, the whole
-    state every `checkpoint_every` rounds (a restored trial goes on from it: under PBT,
-    from the copied trial's history and regret), the curve stored at the end."""
+    """One algorithm on one seed: both cumulative regrets every `log_every` rounds, the
+    whole state every `checkpoint_every` rounds (a restored trial goes on from it: under
+    PBT, from the copied trial's history and regret), the curves stored at the end."""
     cfg: RandomistConfig = ctx.config
-    values = arm_values(cfg)
     saved = ctx.restore()
     state = BanditState.from_checkpoint(cfg, saved) if saved else BanditState.start(cfg, ctx.seed)
-    for regret in simulate(cfg, state, values):
+    for regret in simulate(cfg, state):
         t = state.t
         if t % cfg.checkpoint_every == 0 and t < cfg.rounds:
             ctx.checkpoint(state.to_checkpoint())
         if t % cfg.log_every == 0 or t == cfg.rounds:
-            ctx.log({"regret": regret}, step=t)
+            ctx.log({"regret": regret, "return_regret": state.return_regret[t - 1]}, step=t)
     ctx.store.put_array(ctx.key("regret.npy"), state.regret)
-    return {"final_regret": float(state.regret[-1])}
+    ctx.store.put_array(ctx.key("return_regret.npy"), state.return_regret)
+    return {
+        "final_regret": float(state.regret[-1]),
+        "final_return_regret": float(state.return_regret[-1]),
+        "late_share": late_share(state.regret),
+    }
+
+
+def late_share(regret: np.ndarray) -> float:
+    """The share of a cumulative regret curve's total incurred in its second half: 0 when
+    the regret is constant, log 2 / log T when it grows as log t, 1 - 1/sqrt(2) as sqrt(t),
+    1/2 when linear."""
+    total = float(regret[-1])
+    return (total - float(regret[len(regret) // 2 - 1])) / total if total > 0 else 0.0
 
 
 def aggregate(ctx, results) -> None:
     """Mean cumulative regret per arm with a 95% band over seeds: `regret/<arm>` and
-    `regret_band/<arm>` on the run, and the plot."""
+    `regret_band/<arm>` on the run, and a plot of each regret."""
     cfg: RandomistConfig = ctx.config
-    curves = {}
-    for result in results:
-        curves.setdefault(result.arm, []).append(ctx.store.get_array(f"{result.prefix}/regret.npy"))
-    curves = {arm: np.stack(runs) for arm, runs in curves.items()}
-    rounds = min(runs.shape[1] for runs in curves.values())
+    curves = {name: per_arm_curves(ctx, results, name) for name in ("regret", "return_regret")}
+    regret = curves["regret"]
+    rounds = min(runs.shape[1] for runs in regret.values())
     steps = list(range(cfg.log_every, rounds + 1, cfg.log_every))
     if steps[-1] != rounds:
         steps.append(rounds)
     for step in steps:
         row = {}
-        for arm, runs in curves.items():
+        for arm, runs in regret.items():
             mean, half = mean_and_band(runs[:, step - 1])
             row[f"regret/{arm}"] = mean
             row[f"regret_band/{arm}"] = half
         ctx.tracker.log_metrics(row, step=step)
     ctx.tracker.flush()
-    figure = plot_regret(curves)
-    ctx.tracker.log_figure(figure, "cumulative_regret")
-    ctx.store.put_bytes(ctx.key("plots", "cumulative_regret.png"), figure_png(figure))
+    for name, label in (("regret", "expected regret"), ("return_regret", "regret (1 - J)")):
+        figure = plot_regret(curves[name], f"cumulative {label}")
+        ctx.tracker.log_figure(figure, f"cumulative_{name}")
+        ctx.store.put_bytes(ctx.key("plots", f"cumulative_{name}.png"), figure_png(figure))
+
+
+def per_arm_curves(ctx, results, name: str) -> dict[str, np.ndarray]:
+    """Arm -> (seeds, rounds): the `<name>.npy` curve each trial stored."""
+    curves: dict[str, list[np.ndarray]] = {}
+    for result in results:
+        curves.setdefault(result.arm, []).append(ctx.store.get_array(f"{result.prefix}/{name}.npy"))
+    return {arm: np.stack(runs) for arm, runs in curves.items()}
 
 
 def mean_and_band(samples: np.ndarray) -> tuple[float, float]:
@@ -95,7 +113,7 @@ def mean_and_band(samples: np.ndarray) -> tuple[float, float]:
     return float(samples.mean()), float(half)
 
 
-def plot_regret(curves: dict[str, np.ndarray]):
+def plot_regret(curves: dict[str, np.ndarray], ylabel: str = "cumulative regret"):
     """Mean cumulative regret over seeds, with a 95% band, one line per arm."""
     import matplotlib
 
@@ -110,7 +128,7 @@ def plot_regret(curves: dict[str, np.ndarray]):
         axis.plot(rounds, mean, label=arm)
         axis.fill_between(rounds, mean - half, mean + half, alpha=0.2)
     step_axis(axis, "round t")
-    axis.set_ylabel("cumulative regret")
+    axis.set_ylabel(ylabel)
     axis.set_title(f"RANDOMIST on the 1-D LQG ({len(next(iter(curves.values())))} seeds)")
     axis.legend()
     axis.grid(alpha=0.3)
@@ -121,7 +139,7 @@ METHOD = Method(
     name="randomist",
     config=RandomistConfig,
     trial=trial,
-    metrics=("final_regret",),
+    metrics=("final_regret", "final_return_regret", "late_share"),
     step="rounds",
     aggregate=aggregate,
 )

@@ -72,12 +72,13 @@ class MediatorFeedback:
         self.t = t + 1
 
     def estimates(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """Truncated MIS estimate of every arm's value, and every arm's ESS."""
+        """Truncated MIS estimate of every arm's value, and the bound d2 of every arm's
+        divergence to the mixture of the arms played."""
         t = self.t
         d2 = mixture_d2_bound(self.d2, self.counts / t)
         weights = self.dens[:t] * (t / self.mixture_sum[:t])[:, None]
         clipped = np.minimum(weights, truncation_threshold(d2, t, alpha)[None, :])
-        return clipped.T @ self.rewards[:t] / t, effective_sample_size(t, d2)
+        return clipped.T @ self.rewards[:t] / t, d2
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What it has seen, as arrays (a checkpoint's content)."""
