@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 MODULES: dict[str, str] = {
     "motif": "maestro.methods.motif",
     "randomist": "maestro.methods.randomist",
+    "randomist_mcmc": "maestro.methods.randomist.mcmc",
 }
 
 
