@@ -147,15 +147,23 @@ def test_truncated_answer_reads_only_an_explicit_final_answer() -> None:
         "NetHack is a roguelike. Description 2 is more likely to show progress because the "
         "agent gained a level. As for the other one, it"
     )
-    # Complete, the same text would be read from its verdict sentence ...
-    assert parse_label(unfinished) == 2
-    # ... but cut off by the token limit it is an unfinished analysis, not a verdict.
-    verdict = parse_answer(unfinished, truncated=True)
-    assert verdict.label is None
-    assert verdict.reason == TRUNCATED
+    # Finished, the same text is read from its verdict sentence ...
+    assert parse_label(unfinished[: unfinished.index(" As for")]) == 2
+    # ... but cut off it is an unfinished analysis, not a verdict: flagged by the token
+    # limit or not (a server that does not say why it stopped).
+    for flagged in (True, False):
+        verdict = parse_answer(unfinished, truncated=flagged)
+        assert verdict.label is None
+        assert verdict.reason == TRUNCATED
     # A final answer given before the cut still counts.
     assert parse_label('("best_description": 1) and to elaborate further', truncated=True) == 1
     assert parse_label("2", truncated=True) == 2
+
+
+def test_the_clause_after_a_turn_decides() -> None:
+    assert parse_label("Neither is perfect, but description 2 is better.") == 2
+    assert parse_label("Description 2 is better, but neither shows any progress.") == 0
+    assert parse_label("Neither is great; however, I prefer the first caption.") == 1
 
 
 def test_corpus_covers_every_verdict_several_ways() -> None:

@@ -140,12 +140,17 @@ def test_maestro_without_credentials_is_refused_with_a_clear_error(auth_server, 
     assert listed.get("KeyCount", 0) == 0
 
 
+@pytest.mark.parametrize("given_in", ["variables", "uri"])
 def test_maestro_logs_with_credentials_from_the_environment_and_leaks_no_secret(
-    auth_server, s3_server, monkeypatch, tmp_path
+    auth_server, s3_server, monkeypatch, tmp_path, given_in
 ):
-    env = base_env(s3_server, auth_server, "auth-store")
-    env["MLFLOW_TRACKING_USERNAME"] = auth_server.user
-    env["MLFLOW_TRACKING_PASSWORD"] = auth_server.user_password
+    env = base_env(s3_server, auth_server, f"auth-store-{given_in}")
+    if given_in == "variables":
+        env["MLFLOW_TRACKING_USERNAME"] = auth_server.user
+        env["MLFLOW_TRACKING_PASSWORD"] = auth_server.user_password
+    else:  # moved out of the URI before MLflow or Maestro could print it
+        netloc = f"{auth_server.user}:{auth_server.user_password}@"
+        env["MLFLOW_TRACKING_URI"] = auth_server.url.replace("://", f"://{netloc}")
     done = maestro(["run", LQG, "--preset", "smoke", *SHORT], env)
     assert done.returncode == 0, done.stderr[-3000:]
     run_id = next(
@@ -172,7 +177,8 @@ def test_maestro_logs_with_credentials_from_the_environment_and_leaks_no_secret(
     blobs = [p.read_bytes() for p in artifacts.rglob("*") if p.is_file()]
     assert any(p.name == "spec.yaml" for p in artifacts.rglob("*"))
     s3 = s3_server.client()
-    for item in s3.list_objects_v2(Bucket=s3_server.bucket, Prefix="auth-store")["Contents"]:
+    listed = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"auth-store-{given_in}")
+    for item in listed["Contents"]:
         blobs.append(s3.get_object(Bucket=s3_server.bucket, Key=item["Key"])["Body"].read())
     assert len(blobs) > 10
     for secret in auth_server.secrets():

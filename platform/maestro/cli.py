@@ -6,7 +6,9 @@
     maestro submit SPEC --address http://HEAD:8265 [--preset P] [--set ...] [--no-wait]
     maestro doctor
 
-Exit codes: 0 success; 1 the experiment (or job) failed; 2 bad spec, override or setup.
+Every failure is one line on stderr naming what failed (`--debug`, or MAESTRO_DEBUG=1,
+shows the traceback). Exit codes: 0 success; 1 the experiment (or job) failed, or a service
+(Ray, MLflow, the store) failed or could not be reached; 2 bad spec, override or setup.
 """
 
 from __future__ import annotations
@@ -51,9 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Results: `mlflow ui --backend-store-uri sqlite:///mlruns.db` (the default), "
         "artifacts under ./maestro-store unless MAESTRO_STORE is set.",
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_spec_args(sub: argparse.ArgumentParser, optional: bool = False) -> None:
+        sub.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show the traceback of a failure",
+        )
         sub.add_argument(
             "spec",
             nargs="?" if optional else None,
@@ -140,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `maestro` command."""
+    from maestro.tracking import tracking_uri
+
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("MAESTRO_DEBUG") == "1"
+    if args.command != "submit":  # which refuses to forward such a URI to a job
+        tracking_uri()  # credentials out of the tracking URI before anything can print it
     try:
         if args.command in ("run", "sweep"):
             return command_experiment(args, args.command)
@@ -163,6 +177,34 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"maestro: {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"maestro: {args.command}: {failure_line(exc)} (--debug shows where)", file=sys.stderr
+        )
+        return 1
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line naming what failed: the service and the first line of its error, with
+    credentials removed from any URI in it."""
+    import re
+
+    from maestro.store import StoreError
+    from maestro.tracking import redact_uri
+
+    module = type(exc).__module__.split(".")[0]
+    service = {"mlflow": "MLflow", "requests": "MLflow", "urllib3": "MLflow", "ray": "Ray"}
+    if isinstance(exc, StoreError):
+        what = "store"
+    elif module in service:
+        what = service[module]
+    else:
+        what = type(exc).__name__
+    message = (str(exc).strip().splitlines() or [""])[0][:300]
+    message = re.sub(r"[a-z][a-z0-9+.-]*://\S+", lambda m: redact_uri(m.group(0)), message)
+    return f"{what}: {message}" if message else what
 
 
 def command_experiment(args: argparse.Namespace, kind: str) -> int:

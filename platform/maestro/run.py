@@ -7,7 +7,10 @@ of the spec's `trials:` block) and of `maestro sweep` (kind "sweep": a Tune sear
 1. The experiment's state (`run.json`: MLflow parent run id, status, resolved spec,
    summary, claims) is read from the store under `<kind>s/<method>/<name>/`. A finished
    experiment is reported, not repeated; one started from another spec is refused.
-2. Ray starts (or is joined), and the parent MLflow run is created or reopened.
+2. Ray starts (or is joined) and MLflow is reached; only then is the experiment's
+   identity written to the store, and then the parent MLflow run created or reopened (by
+   its id, or by the tag `maestro.store` when an attempt died before recording the id).
+   A reopened run never gets a (metric, step) point twice.
 3. `method.prepare` runs here, logging to the parent run.
 4. Every trial runs on Ray Tune (`maestro.sweep.driver`) into its own MLflow child run.
    Rerunning a killed experiment restores Tune's: finished trials are kept, the others go
@@ -18,6 +21,7 @@ of the spec's `trials:` block) and of `maestro sweep` (kind "sweep": a Tune sear
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -217,6 +221,11 @@ class Experiment:
         """The experiment's folder in the store."""
         return f"{self.kind}s/{self.spec.method}/{self.name}"
 
+    @property
+    def tracking_experiment(self) -> str:
+        """The MLflow experiment its runs go to."""
+        return self.spec.tracking.experiment or self.spec.method
+
     def total_trials(self) -> int:
         points = self.sweep.points() if self.sweep else 1
         return points * len(self.spec.arm_names()) * len(self.spec.seeds())
@@ -276,16 +285,20 @@ def run_experiment(spec: ExperimentSpec, kind: Kind = "run", new_run: bool = Fal
         )
 
     init_ray(spec.resources)
-    parent = start_parent(experiment, state, store)
+    if spec.tracking.enabled:
+        Tracker.connect(experiment.tracking_experiment)
     resume = state is not None
     state = {
         "run_name": name,
         "kind": kind,
-        "mlflow_run_id": parent.run_id,
+        "mlflow_run_id": (state or {}).get("mlflow_run_id"),
         "status": "RUNNING",
         "spec": resolved,
         "summary": {},
     }
+    store.put_json(state_key, state)  # the identity, before anything exists in MLflow
+    parent = start_parent(experiment, state["mlflow_run_id"], store)
+    state["mlflow_run_id"] = parent.run_id
     store.put_json(state_key, state)
     ctx = RunContext(spec, store, experiment.prefix, parent)
     try:
@@ -296,9 +309,13 @@ def run_experiment(spec: ExperimentSpec, kind: Kind = "run", new_run: bool = Fal
         if method.aggregate and sweep is None:  # a sweep's plots are `maestro report`'s
             method.aggregate(ctx, results)
     except BaseException as exc:
+        # The store first (it decides what a rerun does), then MLflow; either may be what
+        # failed, and the error the user sees is the first one.
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        parent.end(status)
-        store.put_json(state_key, {**state, "status": status, "error": repr(exc)[:500]})
+        with contextlib.suppress(Exception):
+            store.put_json(state_key, {**state, "status": status, "error": repr(exc)[:500]})
+        with contextlib.suppress(Exception):
+            parent.end(status)
         raise
     parent.end("FINISHED")
     lines = [result.line() for result in claims]
@@ -306,8 +323,9 @@ def run_experiment(spec: ExperimentSpec, kind: Kind = "run", new_run: bool = Fal
     return RunResult(kind, name, experiment.prefix, parent.run_id, summary, claims=lines)
 
 
-def start_parent(experiment: Experiment, state: dict | None, store: ArtifactStore) -> Tracker:
-    """The experiment's parent MLflow run: created, or reopened from its state."""
+def start_parent(experiment: Experiment, run_id: str | None, store: ArtifactStore) -> Tracker:
+    """The experiment's parent MLflow run: reopened (`run_id`, or the run tagged with this
+    experiment's store folder), or created."""
     spec, sweep = experiment.spec, experiment.sweep
     if not spec.tracking.enabled:
         return Tracker.disabled()
@@ -331,13 +349,14 @@ def start_parent(experiment: Experiment, state: dict | None, store: ArtifactStor
             }
         )
     parent = Tracker.start(
-        experiment=spec.tracking.experiment or spec.method,
+        experiment=experiment.tracking_experiment,
         run_name=experiment.name,
         params=flatten(spec.resolved()),
         tags=tags,
-        resume_run_id=state["mlflow_run_id"] if state else None,
+        resume_run_id=run_id,
+        identity_tag="maestro.store",
     )
-    if not state:
+    if parent.run_id != run_id:
         parent.log_dict(spec.resolved(), "spec.yaml")
     return parent
 

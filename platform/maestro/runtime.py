@@ -125,7 +125,17 @@ def init_ray(resources: ResourcesSpec | None = None) -> None:
         return
     runtime_env = {"worker_process_setup_hook": quiet_third_party_logs}
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        from ray.exceptions import AuthenticationError
+
+        try:
+            ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        except AuthenticationError as exc:
+            raise RuntimeSetupError(
+                f"the Ray cluster at {address} refused our token ({exc}): check RAY_AUTH_TOKEN, "
+                "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+            ) from exc
+        except ConnectionError as exc:
+            raise RuntimeSetupError(f"no Ray cluster at {address}: {exc}") from exc
         return
     resources = resources or ResourcesSpec()
     # "local": a private cluster, even if `ray start` left one running on this machine.

@@ -25,11 +25,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from maestro.claims import Claim
 
@@ -52,12 +60,15 @@ class ResourcesSpec(StrictModel):
     num_gpus: int | None = Field(default=None, ge=0)
 
 
+RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a folder name in the store, never a path
+
+
 class TrackingSpec(StrictModel):
     """MLflow settings. The tracking URI itself comes from the environment, never the spec."""
 
     enabled: bool = True
     experiment: str | None = None
-    run_name: str | None = None
+    run_name: Annotated[str, StringConstraints(pattern=RUN_NAME, max_length=200)] | None = None
     tags: dict[str, str] = Field(default_factory=dict)
 
 
@@ -66,6 +77,16 @@ class StoreSpec(StrictModel):
     else `./maestro-store`."""
 
     uri: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def known_scheme(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return uri
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        if scheme not in ("", "file", "s3") or (scheme == "s3" and not uri[5:].strip("/")):
+            raise ValueError("expected a folder, file://path or s3://bucket/prefix")
+        return uri
 
 
 ARM_NAME = r"^[A-Za-z0-9_.-]+$"
@@ -159,9 +180,15 @@ def read_spec_file(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any
     overlay on that spec: mappings merge (presets included), other values replace."""
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{where}: a folder, not a spec file") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{where}: cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
@@ -233,9 +260,22 @@ def build_spec(
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(f"{where}: {first_error(exc)}") from None
+    check_finite(spec.resolved(), where)
     check_arms(spec, method, where)
     check_claims_fit(spec, method, where)
     return spec.model_copy(update={"source": where, "preset": preset})
+
+
+def check_finite(data: Any, where: str, path: str = "") -> None:
+    """Every number in the spec is finite (YAML reads `.inf` and `.nan` as floats)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_finite(value, where, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            check_finite(value, where, f"{path}.{i}")
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise SpecError(f"{where}: {path}: must be a finite number, not {data}")
 
 
 def arm_config(spec_data: dict[str, Any], arm: str) -> dict[str, Any]:

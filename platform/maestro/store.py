@@ -10,8 +10,10 @@ its SHA-256 (as S3 metadata, or computed locally) for `checksum`.
 
 S3 settings come from the environment only (never from specs): credentials through boto3's
 usual chain (env vars, profile, instance role), `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`
-for S3-compatible servers, `AWS_DEFAULT_REGION`. Transient faults are retried with
-exponential backoff by botocore.
+for S3-compatible servers, `AWS_DEFAULT_REGION`. Every call has a deadline: connect and
+read timeouts of `MAESTRO_S3_TIMEOUT_S` seconds (default 15) and at most `AWS_MAX_ATTEMPTS`
+attempts (default 3) with botocore's exponential backoff, so a stalled endpoint fails a
+call in under a minute.
 """
 
 from __future__ import annotations
@@ -207,9 +209,9 @@ class S3Store(ArtifactStore):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise StoreError(f"no object at {self.uri(key)}") from None
-            raise StoreError(f"{what} {self.uri(key)} failed: {code or exc}") from None
+            raise StoreError(f"{what} {self.uri(key)} failed: {code or exc}") from exc
         except BotoCoreError as exc:
-            raise StoreError(f"{what} {self.uri(key)} failed: {exc}") from None
+            raise StoreError(f"{what} {self.uri(key)} failed: {exc}") from exc
 
     def put_bytes(self, key: str, data: bytes) -> str:
         digest = sha256(data)
@@ -249,7 +251,7 @@ class S3Store(ArtifactStore):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         except Exception as exc:
-            raise StoreError(f"listing {self.root}/{prefix} failed: {exc}") from None
+            raise StoreError(f"listing {self.root}/{prefix} failed: {exc}") from exc
         return sorted(keys)
 
     def checksum(self, key: str) -> str:
@@ -262,12 +264,18 @@ class S3Store(ArtifactStore):
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client configured from the environment, with retries and backoff."""
+    """A boto3 S3 client configured from the environment, with deadlines (module doc)."""
     import boto3
     from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    config = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=10)
+    timeout = float(os.environ.get("MAESTRO_S3_TIMEOUT_S", "15"))
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", "3"))
+    config = Config(
+        retries={"max_attempts": attempts, "mode": "standard"},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+    )
     return boto3.client("s3", endpoint_url=endpoint or None, config=config)
 
 

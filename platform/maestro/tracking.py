@@ -2,8 +2,13 @@
 
 The tracking URI comes from `MLFLOW_TRACKING_URI` (a remote server; basic-auth credentials
 from `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`, read by MLflow itself), else
-`sqlite:///mlruns.db`. With any sqlite URI, the experiments Maestro creates keep their
-artifacts in `mlartifacts/` beside the database file (so the default gives `./mlartifacts`).
+`sqlite:///mlruns.db`. Credentials written into the URI are moved to those two variables
+(`tracking_uri`), so neither Maestro nor MLflow ever prints them. Requests to a server have
+a deadline (`MLFLOW_HTTP_REQUEST_TIMEOUT`, default here 20 s, and at most
+`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, default here 3, retries with backoff): an unreachable
+server fails a call in under two minutes. With any sqlite URI, the experiments Maestro
+creates keep their artifacts in `mlartifacts/` beside the database file (so the default
+gives `./mlartifacts`).
 Metrics are buffered and sent with `log_batch` (one request per flush, not one per key),
 each with a real step. The plotting helpers at the end give every training plot the same
 step axis and smoothing.
@@ -23,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from maestro.errors import RuntimeSetupError
 
@@ -40,9 +45,28 @@ MAX_PARAM_LENGTH = 6000
 PACKAGES = ("maestro-rl", "ray", "mlflow", "torch", "numpy", "nle", "vllm", "boto3", "pyarrow")
 
 
+# MLflow's request deadline, where the environment sets none (MLflow's own: 120 s per
+# request and 7 retries, minutes per call).
+HTTP_DEADLINES = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
 def tracking_uri() -> str:
-    """The MLflow tracking URI in force."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The MLflow tracking URI in force. Credentials in `MLFLOW_TRACKING_URI` are moved to
+    `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` (where those are unset) and
+    removed from it, in this process's environment, which Ray workers inherit."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    parsed = urlparse(uri)
+    if parsed.username or parsed.password:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parsed.username or ""))
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parsed.password or ""))
+        uri = os.environ["MLFLOW_TRACKING_URI"] = redact_uri(uri)
+    for name, value in HTTP_DEADLINES.items():
+        os.environ.setdefault(name, value)
+    return uri
 
 
 def redact_uri(uri: str) -> str:
@@ -91,10 +115,13 @@ class Tracker:
     """An MLflow run that a Maestro run writes to. With tracking disabled every call is a
     no-op, so method code never checks."""
 
-    def __init__(self, client: Any, run_id: str | None):
+    def __init__(self, client: Any, run_id: str | None, resumed: bool = False):
         self.client = client
         self.run_id = run_id
         self._metrics: list[Any] = []
+        # A reopened run may hold points of an attempt that died before it finished: its
+        # steps per key, fetched once per key, so no (key, step) is logged twice.
+        self._logged: dict[str, set[int]] | None = {} if resumed else None
 
     @property
     def enabled(self) -> bool:
@@ -106,25 +133,14 @@ class Tracker:
         return cls(None, None)
 
     @classmethod
-    def start(
-        cls,
-        experiment: str,
-        run_name: str,
-        params: dict[str, Any],
-        tags: dict[str, str],
-        resume_run_id: str | None = None,
-        parent_run_id: str | None = None,
-    ) -> Tracker:
-        """Create an MLflow run (or reopen `resume_run_id`) with params and tags logged."""
+    def connect(cls, experiment: str) -> str:
+        """The id of MLflow experiment `experiment` (created if absent): checks that the
+        server is there and lets us in before anything of a run is written."""
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri())
         try:
-            if resume_run_id:
-                client.update_run(resume_run_id, status="RUNNING")
-                return cls(client, resume_run_id)
-            experiment_id = ensure_experiment(client, experiment)
+            return ensure_experiment(MlflowClient(tracking_uri()), experiment)
         except MlflowException as exc:
             status = exc.get_http_status_code()
             if status not in (401, 403):
@@ -133,6 +149,35 @@ class Tracker:
                 f"the MLflow server at {redact_uri(tracking_uri())} refused us ({status}): set "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
             ) from None
+
+    @classmethod
+    def start(
+        cls,
+        experiment: str,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        resume_run_id: str | None = None,
+        parent_run_id: str | None = None,
+        identity_tag: str | None = None,
+    ) -> Tracker:
+        """Create an MLflow run with params and tags logged, or reopen one: `resume_run_id`,
+        else the run of this experiment whose tag `identity_tag` has the value `tags` give
+        it (a run created by an attempt that died before it could record the id)."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri())
+        if resume_run_id:
+            client.update_run(resume_run_id, status="RUNNING")
+            return cls(client, resume_run_id, resumed=True)
+        experiment_id = cls.connect(experiment)
+        if identity_tag:
+            found = client.search_runs(
+                [experiment_id], f"tags.`{identity_tag}` = '{tags[identity_tag]}'", max_results=1
+            )
+            if found:
+                client.update_run(found[0].info.run_id, status="RUNNING")
+                return cls(client, found[0].info.run_id, resumed=True)
         all_tags = {
             "mlflow.runName": run_name,
             "mlflow.user": getpass.getuser(),
@@ -185,11 +230,22 @@ class Tracker:
             self.flush()
 
     def flush(self) -> None:
-        """Send buffered metrics, at most MLflow's batch limit per request."""
+        """Send buffered metrics, at most MLflow's batch limit per request (in a reopened
+        run, only points at steps not logged before)."""
+        if self._logged is not None:
+            self._metrics = [m for m in self._metrics if m.step not in self._steps(m.key)]
+            for metric in self._metrics:
+                self._logged[metric.key].add(metric.step)
         while self._metrics:
             batch = self._metrics[:MAX_METRICS_PER_BATCH]
             self.client.log_batch(self.run_id, metrics=batch)
             del self._metrics[: len(batch)]
+
+    def _steps(self, key: str) -> set[int]:
+        """The steps logged for `key` in this run (from MLflow once, then kept)."""
+        if key not in self._logged:
+            self._logged[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        return self._logged[key]
 
     def log_figure(self, figure: Any, name: str) -> None:
         """Save a matplotlib figure as a PNG artifact under `plots/`."""

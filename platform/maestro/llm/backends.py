@@ -12,8 +12,9 @@ text (code generation, agents). Backends, chosen by `AnnotatorConfig.backend`:
 - `vllm`: a vLLM engine in this process. Wrap it in a Ray actor with `AnnotatorActor`
   (`ray.remote(num_gpus=1)(AnnotatorActor).remote(config)`), one per GPU.
 - `openai`: any OpenAI-compatible server (`vllm serve`, Ray Serve LLM, llama.cpp) over HTTP;
-  the API key comes from the environment variable named by `openai.api_key_env`, never
-  from the spec.
+  the API key comes from the environment variable named by `openai.api_key_env`
+  (`OPENAI_API_KEY` or `MAESTRO_LLM_API_KEY`), never from the spec, and goes only to the
+  hosts it belongs to (`api_key_for`).
 - `hf`: transformers `generate` on CPU or GPU.
 
 Text backends ask with the prompt file (`maestro/llm/prompts/`) and read answers with
@@ -38,9 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlparse
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from maestro.llm.parsing import parse_answer
 from maestro.llm.prompts import PromptSet, TaskText, load_prompt_set, messages_to_text
@@ -78,9 +80,21 @@ class EmbeddingOptions(StrictOptions):
 
 class VllmOptions(StrictOptions):
     """The `vllm` backend: keyword arguments for `vllm.LLM` (e.g. tensor_parallel_size,
-    max_model_len, gpu_memory_utilization, dtype, enforce_eager)."""
+    max_model_len, gpu_memory_utilization, dtype, enforce_eager). Running a model's own code
+    (`trust_remote_code`) is the environment's choice, `MAESTRO_TRUST_REMOTE_CODE=1`, never
+    a spec's."""
 
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def no_remote_code(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if "trust_remote_code" in kwargs:
+            raise ValueError(
+                "trust_remote_code cannot come from a spec: set MAESTRO_TRUST_REMOTE_CODE=1 "
+                "in the environment of the machine that runs the model"
+            )
+        return kwargs
 
 
 class OpenAIOptions(StrictOptions):
@@ -89,8 +103,10 @@ class OpenAIOptions(StrictOptions):
     base_url: str | None = Field(
         default=None, description="e.g. http://host:8000/v1; default: $OPENAI_BASE_URL"
     )
-    api_key_env: str = Field(
-        default="OPENAI_API_KEY", description="environment variable holding the API key"
+    api_key_env: Literal["OPENAI_API_KEY", "MAESTRO_LLM_API_KEY"] = Field(
+        default="OPENAI_API_KEY",
+        description="environment variable holding the API key; sent only to its own hosts "
+        "(`api_key_for`)",
     )
     timeout_s: float = Field(default=600.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
@@ -145,6 +161,7 @@ class AnnotatorConfig(StrictOptions):
     def _check(self) -> AnnotatorConfig:
         if self.backend != "embedding" and not self.model:
             raise ValueError(f"backend {self.backend!r} needs `model`")
+        load_prompt_set(self.prompt)  # an unknown prompt fails here, not after collection
         return self
 
 
@@ -475,7 +492,12 @@ class VllmAnnotator(TextAnnotator):
         from vllm import LLM
 
         path = resolve_model(config.model)
-        self.llm = LLM(model=str(path), seed=config.seed, **config.vllm.engine_kwargs)
+        self.llm = LLM(
+            model=str(path),
+            seed=config.seed,
+            trust_remote_code=os.environ.get("MAESTRO_TRUST_REMOTE_CODE") == "1",
+            **config.vllm.engine_kwargs,
+        )
 
     def complete(
         self, prompts: Sequence[Prompt], choices: list[str] | None, max_tokens: int
@@ -521,6 +543,28 @@ def openai_request_options(
     }
 
 
+def api_key_for(base_url: str, key_env: str) -> str:
+    """The key to send to the server at `base_url`: the value of the environment variable
+    `key_env`, only if the key belongs to that server's host: the host of
+    `$OPENAI_BASE_URL`, `api.openai.com` for `OPENAI_API_KEY`, or one listed in
+    `$MAESTRO_LLM_API_HOSTS` (comma-separated). With no key set: "none" (local servers,
+    `vllm serve` without `--api-key`, accept any key; the client needs one)."""
+    key = os.environ.get(key_env)
+    if not key:
+        return "none"
+    host = urlparse(base_url).hostname or ""
+    owners = {h.strip() for h in os.environ.get("MAESTRO_LLM_API_HOSTS", "").split(",")}
+    owners.add(urlparse(os.environ.get("OPENAI_BASE_URL", "")).hostname or "")
+    if key_env == "OPENAI_API_KEY":
+        owners.add("api.openai.com")
+    if host not in owners - {""}:
+        raise AnnotatorError(
+            f"openai backend: ${key_env} is not sent to {host or base_url!r}: list that host "
+            "in $MAESTRO_LLM_API_HOSTS if the key belongs to it"
+        )
+    return key
+
+
 class OpenAIAnnotator(TextAnnotator):
     """Any OpenAI-compatible server, requests sent concurrently."""
 
@@ -532,8 +576,7 @@ class OpenAIAnnotator(TextAnnotator):
         base_url = options.base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise AnnotatorError("openai backend: set openai.base_url or $OPENAI_BASE_URL")
-        # Local servers (vllm serve without --api-key) accept any key; the client needs one.
-        api_key = os.environ.get(options.api_key_env) or "none"
+        api_key = api_key_for(base_url, options.api_key_env)
         self.client = openai.OpenAI(
             base_url=base_url,
             api_key=api_key,

@@ -17,9 +17,11 @@ Reading order, first match wins:
 4. A verdict sentence among the last few sentences, read from the end: "Description 2 is
    more likely to make progress", "I prefer the first caption over the second", "Neither
    description shows progress". A sentence with a negated or inverted comparison ("is not
-   better", "is less useful") is ambiguous rather than guessed.
-A truncated answer (the model hit its token limit) is read by steps 1-3 only: a sentence
-in an unfinished analysis is not a verdict.
+   better", "is less useful") is ambiguous rather than guessed. In a sentence that turns
+   ("Neither is perfect, but description 2 is better"), the clause after the turn decides.
+A truncated answer (the model hit its token limit, or the text stops mid-sentence, without
+closing punctuation) is read by steps 1-3 only: a sentence in an unfinished analysis is not
+a verdict.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ _REFUSAL = re.compile(
     r"provide|comply|judge|compare|say))"
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
+_FINISHED = re.compile(r"[.!?)\]}\"':]\s*$")  # how a complete answer ends
+_TURN = re.compile(r"\b(?:but|however|yet|although|though)\b")
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,18 @@ def _answer_lines(text: str) -> list[int]:
 
 
 def _sentence_verdict(sentence: str) -> Verdict | None:
-    """The verdict one sentence states, an ambiguous verdict for a decisive sentence that
-    cannot be read safely, or None for a sentence that decides nothing."""
+    """The verdict one sentence states (the clause after its last turn first), an
+    ambiguous verdict for a decisive sentence that cannot be read safely, or None for a
+    sentence that decides nothing."""
+    turns = list(_TURN.finditer(sentence))
+    if turns:
+        verdict = _clause_verdict(sentence[turns[-1].end() :])
+        if verdict is not None:
+            return verdict
+    return _clause_verdict(sentence)
+
+
+def _clause_verdict(sentence: str) -> Verdict | None:
     references = [
         (match.start(), _NUMBER[_first_group(match)]) for match in _REFERENCE.finditer(sentence)
     ]
@@ -188,7 +202,7 @@ def parse_answer(text: str | None, truncated: bool = False) -> Verdict:
         verdict = _agreeing(labels)
         if verdict is not None:
             return verdict
-    if truncated:
+    if truncated or not _FINISHED.search(clean):
         return Verdict(None, TRUNCATED)
     sentences = [part for part in _SENTENCE_END.split(clean) if part.strip()]
     for sentence in reversed(sentences[-VERDICT_SENTENCES:]):
