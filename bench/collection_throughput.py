@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from maestro.envs.nethack import episode_seeds, make_raw_env
+from maestro.envs.nethack import episode_seeds, make_raw_env, start_game
 from maestro.methods.motif.collect import (
     DEFAULT_FIELDS,
     CollectConfig,
@@ -37,8 +37,7 @@ def raw_steps(env, policy: RandomPolicy, config: CollectConfig, seed: int, shard
     steps = 0
     for episode in range(config.episodes_per_shard):
         core, disp, policy_seed = episode_seeds(np.random.SeedSequence([seed, shard, episode]))
-        env.seed(core, disp, reseed=False)
-        observation, _ = env.reset()
+        observation, _ = start_game(env, core, disp)
         policy.reset(policy_seed)
         for _ in range(config.max_episode_steps):
             observation, _, terminated, truncated, _ = env.step(policy.act(observation))

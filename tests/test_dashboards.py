@@ -449,7 +449,7 @@ def test_sweep_trial_counts_reach_the_metrics_endpoint(exported):
             and all(s.labels.get(k) == v for k, v in labels.items())
         ]
 
-    assert trials("finished") == [10]
+    assert trials("finished") == [12]
     for state in ("pending", "running", "paused", "errored"):
         assert trials(state) == [0]
     # A run's trials are counted too: the quickstart and the annotation job had one each.

@@ -198,12 +198,13 @@ def vllm_server(vllm_serve_process):
 
 def test_openai_backend_against_vllm_serve(vllm_server, questions, monkeypatch) -> None:
     url, key = vllm_server
-    monkeypatch.setenv("MAESTRO_TEST_LLM_KEY", key)
+    monkeypatch.setenv("MAESTRO_LLM_API_KEY", key)
+    monkeypatch.setenv("MAESTRO_LLM_API_HOSTS", "127.0.0.1")  # the key's host (api_key_for)
     config = {
         "backend": "openai",
         "model": "tiny-llama",
         "max_tokens": ANSWER_TOKENS,
-        "openai": {"base_url": f"{url}/v1", "api_key_env": "MAESTRO_TEST_LLM_KEY"},
+        "openai": {"base_url": f"{url}/v1", "api_key_env": "MAESTRO_LLM_API_KEY"},
     }
     annotator = make_annotator(config)
     judgements = annotator.judge(questions)
@@ -231,7 +232,7 @@ def test_openai_backend_against_vllm_serve(vllm_server, questions, monkeypatch) 
 
     # The key comes from the environment; without the right one the server refuses, and the
     # error says so without echoing the key.
-    monkeypatch.setenv("MAESTRO_TEST_LLM_KEY", "wrong-key")
+    monkeypatch.setenv("MAESTRO_LLM_API_KEY", "wrong-key")
     refused = make_annotator({**config, "openai": {**config["openai"], "max_retries": 0}})
     with pytest.raises(AnnotatorError, match="AuthenticationError") as error:
         refused.judge(questions[:1])

@@ -43,13 +43,16 @@ OVERRIDES = [
     "sweep.space.config.exploration={grid: [0.1, 1.0]}",
     "trials.seeds=3",
 ]
-# A run of 2 arms x 2 seeds = 4 short trials, with the spec's claim (RANDOMIST below UCB1).
+# A run of 2 arms x 2 seeds = 4 short trials, with the spec's first claim (RANDOMIST below
+# UCB1).
 RUN_OVERRIDES = [
     "config.rounds=60",
     "config.log_every=20",
     "config.value_samples=1000",
     "trials.seeds=2",
     "trials.arms={randomist: {algorithm: randomist}, ucb1: {algorithm: ucb1}}",
+    "claims=[{name: randomist_below_ucb1, metric: final_regret, better: lower, "
+    "compare: [randomist, ucb1]}]",
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM_FLAGS = [
@@ -261,10 +264,10 @@ def test_sweep_report_opens_in_chromium_with_its_plots(tmp_path, monkeypatch):
     )[0]
     labels.clear()
     single = make_report(run_id=child.info.run_id)
-    assert [figure.name for figure in single.figures] == ["regret"]
-    assert labels == ["rounds"]  # the trial's parent says what its steps count
+    assert [figure.name for figure in single.figures] == ["regret", "return_regret"]
+    assert labels == ["rounds", "rounds"]  # the trial's parent says what its steps count
     write_report(single, tmp_path / "run.html", log=False)
-    assert (tmp_path / "run.html").read_text().count("data:image/png;base64,") == 1
+    assert (tmp_path / "run.html").read_text().count("data:image/png;base64,") == 2
     assert client.list_artifacts(child.info.run_id, "report") == []
 
 
@@ -273,8 +276,9 @@ def test_run_report_draws_each_arms_mean_over_seeds_and_its_claims(tmp_path, mon
     env = workdir_env(tmp_path, monkeypatch)
     done = run_experiment(load_spec(LQG, preset="smoke", overrides=RUN_OVERRIDES))
     assert done.kind == "run" and sorted(done.summary) == [
-        "final_regret/randomist",
-        "final_regret/ucb1",
+        f"{metric}/{arm}"
+        for metric in ("final_regret", "final_return_regret", "late_share")
+        for arm in ("randomist", "ucb1")
     ]
 
     # The parent run's report: one figure of the per-arm mean regret curves (their

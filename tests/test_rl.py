@@ -442,3 +442,35 @@ def test_training_with_the_intrinsic_reward_raises_it(
     finally:
         algo.stop()
     assert replayed == result.episodes
+
+
+def test_a_killed_env_runner_is_replaced_and_training_goes_on(local_ray):
+    import os
+    import signal
+
+    config = TrainingConfig(
+        algorithm="appo",
+        max_episode_steps=100,
+        num_env_runners=1,
+        num_envs_per_env_runner=4,
+        train_batch_size=256,
+        min_iteration_seconds=0,
+        min_iteration_env_steps=400,
+        torch_threads=1,
+    )
+    algo = algorithm_config("score", config, seed=0, epoch=1, settings=None).build_algo()
+    runners = algo.env_runner_group
+    try:
+        algo.train()
+        (pid,) = runners.foreach_env_runner(lambda _: os.getpid(), local_env_runner=False)
+        os.kill(pid, signal.SIGKILL)  # a real kill: the process dies mid-run
+        steps = []
+        for _ in range(6):
+            result = algo.train()
+            steps.append(result["env_runners"]["num_env_steps_sampled_lifetime"])
+        # A new env runner in a new process, and sampling went on after the kill.
+        (new_pid,) = runners.foreach_env_runner(lambda _: os.getpid(), local_env_runner=False)
+        assert new_pid != pid and runners.num_healthy_remote_workers() == 1
+        assert steps[-1] > steps[0] > 0
+    finally:
+        algo.stop()

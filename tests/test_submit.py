@@ -137,6 +137,8 @@ def test_submitted_job_runs_streams_logs_and_returns_its_status(token_cluster, t
         "trials.seeds=2",
         "--set",
         "trials.arms={randomist: {algorithm: randomist}, ucb1: {algorithm: ucb1}}",
+        "--set",
+        "claims=[]",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
@@ -167,10 +169,11 @@ def test_submit_to_a_just_started_cluster_on_a_loaded_machine_waits_for_the_job_
 
 def test_failing_job_returns_nonzero(token_cluster):
     address, _, env = token_cluster
-    # Valid here, fails there: the store URI is only opened by the job.
-    done = submit(env, address, "--set", "store.uri=ftp://nowhere/x", "--set", "config.rounds=50")
+    # Valid here, fails there: the store folder is only made by the job, and /proc takes
+    # no folders.
+    done = submit(env, address, "--set", "store.uri=/proc/nowhere", "--set", "config.rounds=50")
     assert done.returncode == 1, done.stdout[-2000:]
-    assert "unsupported store URI" in done.stdout
+    assert "maestro: run: " in done.stdout and "/proc/nowhere" in done.stdout
     assert "FAILED" in done.stdout
 
 

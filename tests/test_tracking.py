@@ -122,7 +122,7 @@ def test_smoke_run_logs_everything_and_shows_the_papers_ordering(
     assert params["config.rounds"] == "2000"
     assert params["trials.seeds"] == "10"
     assert params["trials.arms.thompson.algorithm"] == "thompson"
-    assert params["config.lqg.horizon"] == "10"
+    assert params["config.lqg.horizon"] == "20"
     tags = run.data.tags
     assert tags["maestro.method"] == "randomist"
     assert tags["maestro.preset"] == "smoke"
@@ -238,7 +238,12 @@ def test_killed_run_resumes_into_the_same_mlflow_run(s3_server, mlflow_server):
         assert time.monotonic() < deadline
         time.sleep(0.2)
         killed = run_state(s3_server, "resume-store")
-        if killed and len(finished_trials(killed["mlflow_run_id"])) >= 3:
+        # (The run's identity is stored first, its MLflow run id a moment later.)
+        if (
+            killed
+            and killed["mlflow_run_id"]
+            and len(finished_trials(killed["mlflow_run_id"])) >= 3
+        ):
             break
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -21,13 +21,20 @@ Tasks (`TASKS`, by name):
 Each task carries a natural-language `goal` (what the embedding annotator scores captions
 against) and a `preference` (the key of the prompt's task modifier: `score` or `descend`).
 
-Every env is deterministic given its seed: NetHack's RNGs are set from a seed sequence
-before every reset (no reseeding during play) and the moon phase is derived from the seed
-rather than the wall clock, so a rerun replays the same games.
+Every env is deterministic given its seed, whenever and wherever it runs (`start_game`):
+NetHack's core and display RNGs are set from a seed sequence before every reset, with no
+reseeding during play (NLE's level-generation RNG is left off: levels come from the core
+RNG); the moon phase, Friday the 13th, night and midnight are derived from the seed rather
+than the wall clock (NLE's `fix_moon_phase`); and so is the game's birthday, which NetHack
+takes from the clock and names its shopkeepers after (`pin_birthday`). A rerun replays the
+same games, message for message.
 """
 
 from __future__ import annotations
 
+import _ctypes
+import ctypes
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +235,55 @@ def clear_scoreboard(env: gym.Env) -> None:
     record.write_bytes(b"")
 
 
+# The birthday `pin_birthday` gives a game: a day of the year 2000 drawn from its core seed.
+BIRTHDAY_EPOCH = 946_684_800  # 2000-01-01 00:00:00 UTC
+BIRTHDAY_SPAN = 366 * 86_400
+
+
+def game_birthday(core: int) -> int:
+    """The birthday (seconds since the epoch) of the game whose core RNG seed is `core`."""
+    return BIRTHDAY_EPOCH + core % BIRTHDAY_SPAN
+
+
+def pin_birthday(env: gym.Env, birthday: int) -> None:
+    """Set the birthday of the game an env is playing (NetHack's `ubirthday`).
+
+    NetHack sets `ubirthday` from the wall clock (`time()` in `u_init`) when a game starts,
+    and NLE 1.3's `fix_moon_phase` does not cover it. It picks each shopkeeper's name and
+    gender (`nameshk`: an offset from `ubirthday // 257`, so two runs of one seed 257 s
+    apart can meet "Annootok" or "Asidonhopo"); where the wanted name lies past the end of
+    the list, the name is drawn with the core RNG instead, so the game itself can go on
+    differently from that level on. It also picks the ants of an anthole (`antholemon`:
+    `ubirthday % 3`); the record file keeps it as the birth date. Both draws happen only
+    when a level deeper than 1 is made (shops from depth 2, antholes below 12), never
+    before the first observation, so setting it right after the reset pins them all.
+
+    The value is written into the env's own copy of NetHack, which NLE loads from `dlpath`
+    and reloads on every reset; the handle opened here is closed at once, since NLE refuses
+    to reload a library someone else still holds (it exits the process)."""
+    library = env.unwrapped.nethack.dlpath
+    handle = _ctypes.dlopen(library, os.RTLD_NOLOAD | os.RTLD_LAZY)
+    try:
+        ctypes.c_long.from_address(_ctypes.dlsym(handle, "ubirthday")).value = birthday
+    finally:
+        _ctypes.dlclose(handle)
+
+
+def start_game(
+    env: gym.Env, core: int, disp: int, options: dict | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Start a new game on an NLE env (from `make_raw_env`, or a wrapper of one) that
+    depends on `(core, disp)` alone: the RNGs seeded without reseeding, an empty high-score
+    list (`clear_scoreboard`), the calendar from the seed (`fix_moon_phase`, which
+    `make_raw_env` sets) and the birthday from the seed (`pin_birthday`). Returns the
+    env's first observation and info (NLE's arrays, not copies)."""
+    env.unwrapped.seed(core, disp, reseed=False)
+    clear_scoreboard(env)
+    observation, info = env.reset(options=options)
+    pin_birthday(env, game_birthday(core))
+    return observation, info
+
+
 class SeededNetHack(gym.Wrapper):
     """Deterministic episodes and observations the caller owns.
 
@@ -248,9 +304,7 @@ class SeededNetHack(gym.Wrapper):
         if seed is not None:
             self._root = np.random.SeedSequence(seed)
         core, disp, self.policy_seed = episode_seeds(self._root.spawn(1)[0])
-        self.env.unwrapped.seed(core, disp, reseed=False)
-        clear_scoreboard(self.env)
-        observation, info = self.env.reset(options=options)
+        observation, info = start_game(self.env, core, disp, options)
         return copy_observation(observation), info
 
     def step(self, action):

@@ -127,6 +127,16 @@ def rllib_config(
             # that threaded actor aborts with a C++ stack trace whenever an algorithm is
             # stopped while its process lives on (a Tune trial actor reused by the next).
             use_env_runner_state_server=False,
+            # RLlib samples on the local env runner while no remote one is healthy (a
+            # killed runner being replaced): it needs envs of its own for that.
+            create_env_on_local_worker=config.num_env_runners > 0,
+        )
+        # A killed or crashed env runner is replaced (after a second) and training goes
+        # on; only a run of failures with no sample in between stops it.
+        .fault_tolerance(
+            restart_failed_env_runners=True,
+            delay_between_env_runner_restarts_s=1.0,
+            num_consecutive_env_runner_failures_tolerance=10,
         )
         .learners(
             num_learners=config.num_learners,

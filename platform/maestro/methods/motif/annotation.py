@@ -34,6 +34,12 @@ class AnnotationServiceConfig(BaseModel):
     batches_per_actor: int = Field(default=2, ge=1, description="queued per actor")
     log_every_batches: int = Field(default=5, ge=1)
     examples: int = Field(default=20, ge=0, description="answers kept as MLflow examples")
+    restarts: int = Field(
+        default=3,
+        ge=0,
+        description="times a dead annotator actor is restarted; its batches in flight are "
+        "asked again (answering is idempotent)",
+    )
 
 
 @dataclass
@@ -80,7 +86,10 @@ def annotate(
         return result
 
     actor_class = ray.remote(
-        num_cpus=service.cpus_per_annotator, num_gpus=service.gpus_per_annotator
+        num_cpus=service.cpus_per_annotator,
+        num_gpus=service.gpus_per_annotator,
+        max_restarts=service.restarts,
+        max_task_retries=service.restarts,
     )(AnnotatorActor)
     actors = [
         actor_class.remote(annotator.model_dump())

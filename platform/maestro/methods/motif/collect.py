@@ -5,10 +5,19 @@ The dataset under `<prefix>/` in the artifact store:
   trained agent, the SHA-256 of its checkpoint, NLE version). A rerun with a different plan
   under the same prefix is refused, so shards from two plans never mix.
 - `shards/shard-00003-of-00008.parquet`: one row per observation of `episodes_per_shard`
-  whole episodes. Shard i is fully determined by (plan, i): episode e of shard i plays the
-  game seeded by `SeedSequence([seed, i, e])` and the policy is seeded from it too. Shards
-  are written atomically, so a killed collection reruns only the missing ones and ends with
-  the same bytes as an uninterrupted run.
+  whole episodes. Shard i is determined by (plan, i): episode e of shard i plays the game
+  whose NetHack core and display RNG seeds are drawn from `SeedSequence([seed, i, e])`
+  (no reseeding during play), with the policy seeded from it too, and nothing in the game
+  comes from the clock: the moon phase, Friday the 13th, night and midnight (NLE's
+  `fix_moon_phase`) and the game's birthday, which names the shopkeepers (`pin_birthday`),
+  are derived from the seed (`maestro.envs.nethack.start_game`). So every column of every
+  row (captions included, byte for byte) is the same whenever, wherever and by however
+  many actors the plan is collected, with the NLE version the plan records; so are the
+  files, whose bytes also carry the pyarrow version that wrote them. With
+  `policy: checkpoint` this assumes the agent's forward pass gives the same numbers,
+  i.e. the same torch build and kind of CPU (not checked). Shards are written atomically,
+  so a killed collection reruns only the missing ones and ends with the same bytes as an
+  uninterrupted run.
 - `manifest.json`: written last (the stage's completion mark): every shard with its rows
   and SHA-256, and the caption counts (rows, unique, empty).
 
@@ -42,9 +51,9 @@ from maestro.envs.nethack import (
     AGENT_OBSERVATION_KEYS,
     TASKS,
     caption,
-    clear_scoreboard,
     episode_seeds,
     make_raw_env,
+    start_game,
 )
 from maestro.runtime import init_ray
 from maestro.store import ArtifactStore, open_store
@@ -264,9 +273,7 @@ def collect_shard(
     row = 0
     for episode in range(config.episodes_per_shard):
         core, disp, policy_seed = episode_seeds(np.random.SeedSequence([seed, shard, episode]))
-        env.seed(core, disp, reseed=False)
-        clear_scoreboard(env)
-        observation, _ = env.reset()
+        observation, _ = start_game(env, core, disp)
         policy.reset(policy_seed)
         step = 0
         done = False
