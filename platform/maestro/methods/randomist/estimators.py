@@ -54,7 +54,8 @@ class MediatorFeedback:
         self.means = means
         self.sigma = sigma
         k = len(means)
-        self.dens = np.empty((capacity, k))
+        self.omegas = np.empty(capacity)
+        self.dens = np.empty((capacity, k))  # nu_k(omega_s), from omegas
         self.mixture_sum = np.empty(capacity)  # sum_k n_k nu_k(omega_s)
         self.rewards = np.empty(capacity)
         self.counts = np.zeros(k)
@@ -66,6 +67,7 @@ class MediatorFeedback:
         t = self.t
         self.counts[arm] += 1
         self.mixture_sum[:t] += self.dens[:t, arm]
+        self.omegas[t] = omega
         self.dens[t] = gaussian_pdf(omega, self.means, self.sigma)
         self.mixture_sum[t] = self.dens[t] @ self.counts
         self.rewards[t] = reward
@@ -81,10 +83,11 @@ class MediatorFeedback:
         return clipped.T @ self.rewards[:t] / t, d2
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What it has seen, as arrays (a checkpoint's content)."""
+        """What it has seen, as arrays (a checkpoint's content): the densities are not
+        kept (K times the rest), `from_arrays` computes them again."""
         t = self.t
         return {
-            "dens": self.dens[:t],
+            "omegas": self.omegas[:t],
             "mixture_sum": self.mixture_sum[:t],
             "rewards": self.rewards[:t],
             "counts": self.counts,
@@ -97,7 +100,9 @@ class MediatorFeedback:
         """The state `arrays()` gave, with room for `capacity` samples."""
         feedback = cls(means, sigma, capacity)
         t = len(arrays["rewards"])
-        feedback.dens[:t] = arrays["dens"]
+        feedback.omegas[:t] = arrays["omegas"]
+        for s, omega in enumerate(arrays["omegas"]):  # as `add` computed them, bit for bit
+            feedback.dens[s] = gaussian_pdf(omega, means, sigma)
         feedback.mixture_sum[:t] = arrays["mixture_sum"]
         feedback.rewards[:t] = arrays["rewards"]
         feedback.counts = np.array(arrays["counts"], dtype=float)
