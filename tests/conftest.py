@@ -136,14 +136,13 @@ class MlflowServer:
     artifact_prefix: str
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(s3_server, tmp_path_factory) -> Iterator[MlflowServer]:
-    """An MLflow tracking server process: sqlite backend, artifacts proxied to S3."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    env = {**os.environ, **s3_server.env()}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen(
+def start_mlflow_server(
+    folder: Path, port: int, env: dict[str, str], artifacts: str | None = None
+) -> subprocess.Popen:
+    """An MLflow tracking server process on `port` with its sqlite database in `folder` and
+    artifacts proxied to `artifacts` (default: `folder/artifacts`); its log in the folder."""
+    env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -152,7 +151,7 @@ def mlflow_server(s3_server, tmp_path_factory) -> Iterator[MlflowServer]:
             "--backend-store-uri",
             f"sqlite:///{folder}/mlflow.db",
             "--artifacts-destination",
-            f"s3://{s3_server.bucket}/mlflow",
+            artifacts or str(folder / "artifacts"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -161,10 +160,19 @@ def mlflow_server(s3_server, tmp_path_factory) -> Iterator[MlflowServer]:
             "1",
         ],
         env=env,
-        stdout=(folder / "server.log").open("wb"),
+        stdout=(folder / "server.log").open("ab"),
         stderr=subprocess.STDOUT,
         cwd=folder,
     )
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory) -> Iterator[MlflowServer]:
+    """An MLflow tracking server process: sqlite backend, artifacts proxied to S3."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, **s3_server.env()}
+    process = start_mlflow_server(folder, port, env, f"s3://{s3_server.bucket}/mlflow")
     server = MlflowServer(f"http://127.0.0.1:{port}", "mlflow")
     try:
         wait_http(f"{server.url}/health", timeout=120, process=process)

@@ -216,6 +216,8 @@ def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path)
         if not states:
             continue
         parent_id = json.loads(states[0].read_text())["mlflow_run_id"]
+        if not parent_id:  # the run's identity is stored first, its MLflow run id next
+            continue
         client = client or mlflow_client(tmp_path)
         try:
             runs = children(client, parent_id)

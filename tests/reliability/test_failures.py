@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ..conftest import REPO
+from ..conftest import REPO, free_port, start_mlflow_server, stop, wait_http
 
 LQG = str(REPO / "jobs" / "randomist" / "lqg.yaml")
 TINY = [
@@ -160,3 +160,56 @@ def test_a_run_killed_before_recording_its_mlflow_run_is_resumed_into_it(workdir
     assert parent.info.run_id == run_id and parent.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "regret/ucb1")]
     assert sorted(steps) == [50, 100]  # logged by both attempts, stored once
+
+
+def test_mlflow_going_away_mid_run_fails_it_in_bounded_time_and_the_rerun_resumes(workdir):
+    folder = workdir / "mlflow-server"
+    folder.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(folder, port, dict(os.environ))
+    wait_http(f"{url}/health", timeout=120, process=server)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+    longer = [*TINY, "--set=config.rounds=6000", "--set=trials.seeds=8"]
+    command = [sys.executable, "-m", "maestro", "run", LQG, *longer]
+    process = subprocess.Popen(
+        command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        state_files: list[Path] = []
+        while time.monotonic() < deadline and process.poll() is None:  # wait for its MLflow run
+            state_files = list((workdir / "maestro-store").rglob("run.json"))
+            if state_files and json.loads(state_files[0].read_text()).get("mlflow_run_id"):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before MLflow could go away"
+        time.sleep(2)  # trials running
+        stop(server)
+        gone = time.monotonic()
+        _, stderr = process.communicate(timeout=300)
+        seconds = time.monotonic() - gone
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr and "MLflow" in stderr.strip().splitlines()[-1]
+    assert seconds < 150  # MLflow's deadline here: 20 s a request, one retry
+    state = json.loads(state_files[0].read_text())
+    assert state["status"] == "FAILED"
+
+    # MLflow back: the same command finishes the same run.
+    server = start_mlflow_server(folder, port, dict(os.environ))
+    try:
+        wait_http(f"{url}/health", timeout=120, process=server)
+        again = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr[-3000:]
+        client = MlflowClient(url)
+        experiment = client.get_experiment_by_name("randomist").experiment_id
+        (parent,) = client.search_runs([experiment], "tags.`maestro.kind` = 'run'")
+        assert parent.info.run_id == state["mlflow_run_id"]
+        assert parent.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(parent.info.run_id, "regret/ucb1")]
+        assert sorted(steps) == list(range(50, 6001, 50))
+    finally:
+        stop(server)
