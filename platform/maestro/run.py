@@ -285,21 +285,24 @@ def run_experiment(spec: ExperimentSpec, kind: Kind = "run", new_run: bool = Fal
         )
 
     init_ray(spec.resources)
-    if spec.tracking.enabled:
-        Tracker.connect(experiment.tracking_experiment)
+    experiment_id = (
+        Tracker.connect(experiment.tracking_experiment) if spec.tracking.enabled else None
+    )
     resume = state is not None
+    run_id = (state or {}).get("mlflow_run_id")
     state = {
         "run_name": name,
         "kind": kind,
-        "mlflow_run_id": (state or {}).get("mlflow_run_id"),
+        "mlflow_run_id": run_id,
         "status": "RUNNING",
         "spec": resolved,
         "summary": {},
     }
     store.put_json(state_key, state)  # the identity, before anything exists in MLflow
-    parent = start_parent(experiment, state["mlflow_run_id"], store)
-    state["mlflow_run_id"] = parent.run_id
-    store.put_json(state_key, state)
+    parent = start_parent(experiment, run_id, store, experiment_id)
+    if parent.run_id != run_id:
+        state["mlflow_run_id"] = parent.run_id
+        store.put_json(state_key, state)
     ctx = RunContext(spec, store, experiment.prefix, parent)
     try:
         prepared = method.prepare(ctx) if method.prepare else {}
@@ -323,9 +326,15 @@ def run_experiment(spec: ExperimentSpec, kind: Kind = "run", new_run: bool = Fal
     return RunResult(kind, name, experiment.prefix, parent.run_id, summary, claims=lines)
 
 
-def start_parent(experiment: Experiment, run_id: str | None, store: ArtifactStore) -> Tracker:
+def start_parent(
+    experiment: Experiment,
+    run_id: str | None,
+    store: ArtifactStore,
+    experiment_id: str | None = None,
+) -> Tracker:
     """The experiment's parent MLflow run: reopened (`run_id`, or the run tagged with this
-    experiment's store folder), or created."""
+    experiment's store folder), or created; `experiment_id` is its MLflow experiment's, if
+    already looked up (`Tracker.connect`)."""
     spec, sweep = experiment.spec, experiment.sweep
     if not spec.tracking.enabled:
         return Tracker.disabled()
@@ -350,6 +359,7 @@ def start_parent(experiment: Experiment, run_id: str | None, store: ArtifactStor
         )
     parent = Tracker.start(
         experiment=experiment.tracking_experiment,
+        experiment_id=experiment_id,
         run_name=experiment.name,
         params=flatten(spec.resolved()),
         tags=tags,

@@ -160,17 +160,19 @@ class Tracker:
         resume_run_id: str | None = None,
         parent_run_id: str | None = None,
         identity_tag: str | None = None,
+        experiment_id: str | None = None,
     ) -> Tracker:
         """Create an MLflow run with params and tags logged, or reopen one: `resume_run_id`,
         else the run of this experiment whose tag `identity_tag` has the value `tags` give
-        it (a run created by an attempt that died before it could record the id)."""
+        it (a run created by an attempt that died before it could record the id).
+        `experiment_id`: what `connect(experiment)` returned, if the caller has it."""
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri())
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
             return cls(client, resume_run_id, resumed=True)
-        experiment_id = cls.connect(experiment)
+        experiment_id = experiment_id or cls.connect(experiment)
         if identity_tag:
             found = client.search_runs(
                 [experiment_id], f"tags.`{identity_tag}` = '{tags[identity_tag]}'", max_results=1

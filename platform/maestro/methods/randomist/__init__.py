@@ -79,19 +79,7 @@ def aggregate(ctx, results) -> None:
     `regret_band/<arm>` on the run, and a plot of each regret."""
     cfg: RandomistConfig = ctx.config
     curves = {name: per_arm_curves(ctx, results, name) for name in ("regret", "return_regret")}
-    regret = curves["regret"]
-    rounds = min(runs.shape[1] for runs in regret.values())
-    steps = list(range(cfg.log_every, rounds + 1, cfg.log_every))
-    if steps[-1] != rounds:
-        steps.append(rounds)
-    for step in steps:
-        row = {}
-        for arm, runs in regret.items():
-            mean, half = mean_and_band(runs[:, step - 1])
-            row[f"regret/{arm}"] = mean
-            row[f"regret_band/{arm}"] = half
-        ctx.tracker.log_metrics(row, step=step)
-    ctx.tracker.flush()
+    log_arm_means(ctx, "regret", curves["regret"], cfg.log_every)
     for name, label in (("regret", "expected regret"), ("return_regret", "regret (1 - J)")):
         figure = plot_regret(curves[name], f"cumulative {label}")
         ctx.tracker.log_figure(figure, f"cumulative_{name}")
@@ -104,6 +92,22 @@ def per_arm_curves(ctx, results, name: str) -> dict[str, np.ndarray]:
     for result in results:
         curves.setdefault(result.arm, []).append(ctx.store.get_array(f"{result.prefix}/{name}.npy"))
     return {arm: np.stack(runs) for arm, runs in curves.items()}
+
+
+def log_arm_means(ctx, name: str, curves: dict[str, np.ndarray], log_every: int) -> None:
+    """`<name>/<arm>`, the mean over seeds of each arm's curves (seeds, steps), and
+    `<name>_band/<arm>`, its 95% half-width, on the run every `log_every` steps and at the
+    last."""
+    last = min(runs.shape[1] for runs in curves.values())
+    steps = list(range(log_every, last + 1, log_every))
+    if not steps or steps[-1] != last:
+        steps.append(last)
+    for step in steps:
+        row = {}
+        for arm, runs in curves.items():
+            row[f"{name}/{arm}"], row[f"{name}_band/{arm}"] = mean_and_band(runs[:, step - 1])
+        ctx.tracker.log_metrics(row, step=step)
+    ctx.tracker.flush()
 
 
 def mean_and_band(samples: np.ndarray) -> tuple[float, float]:

@@ -241,31 +241,17 @@ def aggregate(ctx, results) -> None:
     """Mean average return per arm with a 95% band over seeds: `average_return/<arm>` and
     `average_return_band/<arm>` on the run every `log_every` rounds, and the plot (one
     panel per problem)."""
-    from maestro.report import mean_band
+    from maestro.methods.randomist import log_arm_means, per_arm_curves
     from maestro.spec import arm_config
     from maestro.tracking import figure_png
 
     cfg: MCMCConfig = ctx.config
     spec = ctx.spec.resolved()
-    curves: dict[str, list[np.ndarray]] = {}
-    for result in results:
-        returns = ctx.store.get_array(f"{result.prefix}/returns.npy")
-        curves.setdefault(result.arm, []).append(
-            np.cumsum(returns) / np.arange(1, len(returns) + 1)
-        )
-    averages = {arm: np.stack(runs) for arm, runs in curves.items()}
-    rounds = min(runs.shape[1] for runs in averages.values())
-    steps = list(range(cfg.log_every, rounds + 1, cfg.log_every))
-    if not steps or steps[-1] != rounds:
-        steps.append(rounds)
-    for step in steps:
-        row = {}
-        for arm, runs in averages.items():
-            mean, half, _ = mean_band(runs[:, step - 1])
-            row[f"average_return/{arm}"] = mean
-            row[f"average_return_band/{arm}"] = half
-        ctx.tracker.log_metrics(row, step=step)
-    ctx.tracker.flush()
+    averages = {
+        arm: np.cumsum(returns, axis=1) / np.arange(1, returns.shape[1] + 1)
+        for arm, returns in per_arm_curves(ctx, results, "returns").items()
+    }
+    log_arm_means(ctx, "average_return", averages, cfg.log_every)
     envs = {arm: MCMCConfig.model_validate(arm_config(spec, arm)).env for arm in averages}
     figure = plot_average_returns(averages, envs)
     ctx.tracker.log_figure(figure, "average_return")
