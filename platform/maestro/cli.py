@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from maestro.errors import RuntimeSetupError, TrialsFailed
+from maestro.errors import RuntimeSetupError, SignatureError, TrialsFailed
 from maestro.report import ReportError, make_report, write_report
 from maestro.spec import SpecError, load_spec
 
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeSetupError as exc:
         print(f"maestro: setup error: {exc}", file=sys.stderr)
+        return 2
+    except SignatureError as exc:
+        print(f"maestro: {args.command}: {exc}", file=sys.stderr)
         return 2
     except TrialsFailed as exc:
         print(f"maestro: {args.command}: {exc}", file=sys.stderr)

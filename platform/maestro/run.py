@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from maestro import signing
 from maestro.errors import TrialsFailed
 from maestro.methods import get_method
 from maestro.runtime import init_ray
@@ -45,6 +46,7 @@ from maestro.tracking import Tracker
 
 Kind = Literal["run", "sweep"]
 STATE_FILE = "state.json"  # a checkpoint's JSON entries; bytes entries are files of their own
+SIGNATURE_FILE = "signature"  # a checkpoint's files, signed
 
 
 def progress_bar(total: int, desc: str, unit: str = "it") -> Any:
@@ -143,20 +145,18 @@ class TrialContext:
 
     def restore(self) -> dict[str, Any] | None:
         """The state this trial goes on from (its own last checkpoint, or under PBT the one
-        it copied), or None to start fresh. The trial's next report says where it went on
-        from (`resumed_at_step`)."""
+        it copied), or None to start fresh; `SignatureError` if the checkpoint is not as
+        Maestro wrote it. The trial's next report says where it went on from
+        (`resumed_at_step`)."""
         from ray import tune
 
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
-            saved = json.loads((Path(folder) / STATE_FILE).read_text())
-            state = saved["state"]
-            for path in Path(folder).iterdir():
-                if path.name != STATE_FILE:
-                    state[path.name] = path.read_bytes()
-        self.last_step = self.resumed_at = saved["step"]
+            files = {path.name: path.read_bytes() for path in Path(folder).iterdir()}
+        step, state = read_checkpoint(files, f"the checkpoint {checkpoint.path}")
+        self.last_step = self.resumed_at = step
         return state
 
     def finish(self, final: dict[str, float]) -> None:
@@ -180,18 +180,32 @@ class TrialContext:
             return
         folder = Path(tempfile.mkdtemp(prefix="maestro-checkpoint-"))
         try:
-            values = {}
-            for key, value in self.pending.items():
-                if isinstance(value, bytes):
-                    (folder / key).write_bytes(value)
-                else:
-                    values[key] = value
-            (folder / STATE_FILE).write_text(json.dumps({"step": self.last_step, "state": values}))
+            for name, data in checkpoint_files(self.last_step, self.pending).items():
+                (folder / name).write_bytes(data)
             # Tune copies the folder into its storage before this returns.
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.pending = None
+
+
+def checkpoint_files(step: int, state: dict[str, Any]) -> dict[str, bytes]:
+    """A trial checkpoint as files: `STATE_FILE` (the step and the JSON entries), one file
+    per bytes entry, and `SIGNATURE_FILE` signing them all (`maestro.signing`)."""
+    values = {key: value for key, value in state.items() if not isinstance(value, bytes)}
+    files = {key: value for key, value in state.items() if isinstance(value, bytes)}
+    files[STATE_FILE] = json.dumps({"step": step, "state": values}).encode()
+    return {**files, SIGNATURE_FILE: signing.sign(signing.digests_message(files)).encode()}
+
+
+def read_checkpoint(files: dict[str, bytes], where: str) -> tuple[int, dict[str, Any]]:
+    """`(step, state)` of a checkpoint's `files` (`checkpoint_files`), once their signature
+    is checked: `SignatureError` naming `where` if it is missing or wrong."""
+    files = dict(files)
+    signature = files.pop(SIGNATURE_FILE, b"").decode(errors="replace")
+    signing.check(signing.digests_message(files), signature, where)
+    saved = json.loads(files.pop(STATE_FILE))
+    return saved["step"], {**saved["state"], **files}
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Ray Tune callbacks of an experiment's driver: thin adapters from Tune's events to
-`TrialRunsWriter` (MLflow), `SweepMetrics` (Prometheus) and checkpoint pruning.
+`TrialRunsWriter` (MLflow), `SweepMetrics` (Prometheus), checkpoint pruning and the
+signatures on Tune's state (`maestro.sweep.driver.sign_tune_files`).
 
 Import this module only after `maestro.runtime.init_ray`: it imports Ray Tune, and Ray must
 not be imported before its authentication mode is settled. Tune pickles the callbacks with
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from maestro.metrics import SweepMetrics
+from maestro.sweep.driver import sign_tune_files, signed_files
 from maestro.sweep.tracking import TrialRunsWriter, trial_name
 
 if TYPE_CHECKING:
@@ -115,3 +118,45 @@ class CheckpointPruning(Callback):
             for checkpoint in old:
                 with contextlib.suppress(OSError):
                     checkpoint.filesystem.delete_dir(checkpoint.path)
+
+
+class StateSigning(Callback):
+    """Signs Tune's experiment state each time Tune saves it, so that a restore can check
+    it (`maestro.sweep.driver.check_tune_state`). Tune calls `get_state` once its state is
+    in the driver's staging folder and before uploading it, so the signatures reach storage
+    first. The staging folder is learnt from a trial; a save made before one was seen is
+    signed at the end of the step, or of the experiment."""
+
+    def setup(self, **info: Any) -> None:
+        self.storage: Any = None
+        self.unsigned = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if trials:
+            self.storage = trials[0].storage
+
+    def get_state(self) -> None:
+        self.unsigned = True  # Tune is saving its experiment state
+        self.sign()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.on_step_begin(iteration, trials)
+        self.sign()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.on_step_end(0, trials)  # a restored experiment may end with no step at all
+
+    def sign(self) -> None:
+        if not self.unsigned or self.storage is None:
+            return
+        staging = Path(self.storage.experiment_driver_staging_path)
+        found = [p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()]
+        sign_tune_files(
+            self.storage.storage_filesystem,
+            self.storage.experiment_fs_path,
+            {path: (staging / path).read_bytes() for path in signed_files(found)},
+        )
+        self.unsigned = False

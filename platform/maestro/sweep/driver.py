@@ -13,6 +13,7 @@ from their last checkpoint. Tune's callbacks (`maestro.sweep.callbacks`) write M
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from maestro import signing
+from maestro.errors import SignatureError
 from maestro.methods import get_method
 from maestro.spec import DEFAULT_ARM, build_spec, trial_data
 from maestro.store import ArtifactStore, open_store
@@ -146,6 +149,71 @@ def tune_location(experiment: Experiment, store: ArtifactStore) -> tuple[str, st
     return path, name, filesystem
 
 
+# ---------------------------------------------------------------- signing Tune's state
+
+SIGNATURES = "maestro-signatures.json"  # beside Tune's state: the SHA-256 of what it wrote
+SIGNED_VERSIONS = 8  # per file: an upload cut short leaves a recent version, still signed
+TUNER_STATE = "tuner.pkl"  # what the Tuner writes when it is made (or restored)
+
+
+def signed_files(relpaths: list[str]) -> list[str]:
+    """The files of a Tune experiment folder that a restore unpickles: the state at the
+    top (JSON with pickles inside, and pickles) and trials' pickled errors."""
+    return [
+        path
+        for path in relpaths
+        if ("/" not in path and path.endswith((".json", ".pkl"))) or path.endswith("/error.pkl")
+        if path != SIGNATURES
+    ]
+
+
+def read_signatures(fs: Any, tune_path: str) -> dict[str, list[str]]:
+    """The signed digests beside the Tune state at `tune_path` ({} if none yet);
+    `SignatureError` if the file is not as Maestro wrote it."""
+    from pyarrow import fs as pafs
+
+    where = f"{tune_path}/{SIGNATURES}"
+    if fs.get_file_info(where).type == pafs.FileType.NotFound:
+        return {}
+    with fs.open_input_stream(where) as f:
+        saved = json.loads(f.readall())
+    digests = saved.get("files", {})
+    signing.check(json.dumps(digests, sort_keys=True).encode(), saved.get("signature", ""), where)
+    return digests
+
+
+def sign_tune_files(fs: Any, tune_path: str, files: dict[str, bytes]) -> None:
+    """Add the digests of `files` (path relative to `tune_path` -> content) to the signed
+    ones beside the Tune state, keeping each file's last `SIGNED_VERSIONS`."""
+    digests = read_signatures(fs, tune_path)
+    for path, data in files.items():
+        versions = digests.get(path, [])
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in versions:
+            digests[path] = [*versions, digest][-SIGNED_VERSIONS:]
+    signature = signing.sign(json.dumps(digests, sort_keys=True).encode())
+    with fs.open_output_stream(f"{tune_path}/{SIGNATURES}") as f:
+        f.write(json.dumps({"files": digests, "signature": signature}).encode())
+
+
+def check_tune_state(fs: Any, tune_path: str) -> None:
+    """`SignatureError` unless every file Tune unpickles on restore (`signed_files`) at
+    `tune_path` is a version Maestro signed."""
+    from pyarrow import fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(tune_path, recursive=True))
+    relpaths = [i.path[len(tune_path) + 1 :] for i in infos if i.type == pafs.FileType.File]
+    digests = read_signatures(fs, tune_path)
+    for path in signed_files(relpaths):
+        with fs.open_input_stream(f"{tune_path}/{path}") as f:
+            digest = hashlib.sha256(f.readall()).hexdigest()
+        if digest not in digests.get(path, []):
+            raise SignatureError(
+                f"Tune's state {tune_path}/{path} is not a version this run signed (key "
+                f"{signing.key_path()}): refusing to load it; --new-run starts afresh"
+            )
+
+
 # ---------------------------------------------------------------- running the trials
 
 
@@ -159,6 +227,7 @@ def run_trials(
     """Every trial of the experiment on Tune (restoring Tune's experiment when `resume`
     and it was saved); returns each trial's final metrics. Raises `KeyboardInterrupt`
     when Tune was stopped with trials unfinished."""
+    from pyarrow import fs as pafs
     from ray import tune
 
     from maestro.run import TrialResult
@@ -185,7 +254,9 @@ def run_trials(
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # A trial reports what it measured at that step; the sweep's metric need not be in each.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    fs = filesystem or pafs.LocalFileSystem()
     if resume and tune.Tuner.can_restore(tune_path, storage_filesystem=filesystem):
+        check_tune_state(fs, tune_path)
         tuner = tune.Tuner.restore(
             tune_path,
             trainable=trainable,
@@ -196,6 +267,8 @@ def run_trials(
         )
     else:
         tuner = build_tuner(experiment, trainable, parent, storage_path, tune_name, filesystem)
+    with fs.open_input_stream(f"{tune_path}/{TUNER_STATE}") as f:
+        sign_tune_files(fs, tune_path, {TUNER_STATE: f.readall()})
     grid = tuner.fit()
     # Tune returns normally when stopped by Ctrl-C, with trials left unfinished.
     if grid.num_terminated + grid.num_errors < experiment.total_trials():
@@ -251,7 +324,12 @@ def build_tuner(
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import BasicVariantGenerator
 
-    from maestro.sweep.callbacks import CheckpointPruning, TrialStateMetrics, TrialTracking
+    from maestro.sweep.callbacks import (
+        CheckpointPruning,
+        StateSigning,
+        TrialStateMetrics,
+        TrialTracking,
+    )
 
     sweep, trials = experiment.sweep, experiment.spec.trials
     seed = experiment.spec.seed
@@ -266,11 +344,13 @@ def build_tuner(
             random_state=seed, max_concurrent=trials.max_concurrent or 0
         )
         max_concurrent = None
-    # Tune's own result.json, which its restore reads, and the trial counts for Prometheus.
+    # Tune's own result.json, which its restore reads, the trial counts for Prometheus, and
+    # signatures on Tune's state.
     callbacks = [
         JsonLoggerCallback(),
         TrialStateMetrics(experiment.name),
         CheckpointPruning(),
+        StateSigning(),
     ]
     if parent.enabled:
         callbacks.append(TrialTracking(experiment, parent.run_id))

@@ -180,9 +180,11 @@ class CheckpointPolicy:
 
     def __call__(self, num_actions: int) -> Policy:
         from maestro.methods.motif.evaluate import AgentPolicy
+        from maestro.methods.motif.train import load_stored_agent
         from maestro.rl.checkpoints import learner_rl_module
 
-        return AgentPolicy(learner_rl_module(open_store(self.store_uri).get_bytes(self.key)))
+        agent = load_stored_agent(open_store(self.store_uri), self.key)
+        return AgentPolicy(learner_rl_module(agent))
 
 
 # ---------------------------------------------------------------- one shard

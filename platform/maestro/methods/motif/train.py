@@ -76,6 +76,16 @@ def stored_agent(store, folder: str) -> str:
     return max(key for key in found if key.split("/")[-3] == first_trial)
 
 
+def load_stored_agent(store, key: str) -> bytes:
+    """The `algorithm.tar` at `key` (`stored_agent`), once the signature of the checkpoint
+    holding it is checked (`maestro.run.read_checkpoint`): it is unpickled next."""
+    from maestro.run import read_checkpoint
+
+    folder = key.rsplit("/", 1)[0]
+    files = {k[len(folder) + 1 :]: store.get_bytes(k) for k in store.list(folder)}
+    return read_checkpoint(files, store.uri(folder))[1][ALGORITHM]
+
+
 # The learner classes that apply the intrinsic reward, by algorithm.
 LEARNERS = {"appo": IntrinsicRewardAPPOLearner, "ppo": IntrinsicRewardPPOLearner}
 
