@@ -3,10 +3,12 @@
 Both run in this process, pinned to one core, on the same games: for each shard, the raw
 loop replays its episodes (same seeds, same random actions, plain `env.step`, nothing
 kept), and the worker collects the shard for real (copying the observation fields,
-extracting captions, encoding Parquet, writing atomically to a local store). The games
-are deterministic, so each shard is timed several times, alternating the two sides, and
-the fastest time of each side is kept (as `timeit` does): on a shared machine that is the
-closest estimate of what a dedicated rollout core does. Medians are printed beside it.
+extracting captions, encoding Parquet, writing atomically to a local store, fsync
+included). Times are wall-clock (`time.perf_counter`): CPU time would leave out the wait
+for the disk, which a rollout worker pays too. The games are deterministic, so each shard
+is timed several times, alternating the two sides, and the fastest time of each side is
+kept (as `timeit` does): on a shared machine that is the closest estimate of what a
+dedicated rollout core does. Medians are printed beside it.
 
     python bench/collection_throughput.py [--shards 4] [--repeats 5] [--fields message]
 
@@ -48,10 +50,10 @@ def raw_steps(env, policy: RandomPolicy, config: CollectConfig, seed: int, shard
 
 
 def timed(fn) -> tuple[int, float]:
-    """(result, CPU seconds) of fn()."""
-    start = time.process_time()
+    """(result, wall seconds) of fn(): the disk writes' waits count."""
+    start = time.perf_counter()
     result = fn()
-    return result, time.process_time() - start
+    return result, time.perf_counter() - start
 
 
 def main() -> None:
@@ -125,7 +127,7 @@ def main() -> None:
     print(
         f"\ntask {config.task}, {args.shards} shards x {config.episodes_per_shard} episodes "
         f"(<= {config.max_episode_steps} steps), fields {', '.join(config.fields)}, "
-        f"best of {args.repeats}, CPU time on one core"
+        f"best of {args.repeats}, wall time on one core"
     )
     print(f"raw NLE:    {steps / raw_seconds:8.0f} steps/s")
     print(f"collection: {captions / collect_seconds:8.0f} captions/s")

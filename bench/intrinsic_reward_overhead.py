@@ -3,14 +3,20 @@ against the same training without it, in one run on the same cores.
 
 Both sides are the same RLlib APPO setup (the smoke agent, one env runner, a local
 learner); the only difference is the learner connector that computes r_int from the
-reward model (the default, full-size caption model) and rewrites the rewards. The sides
+reward model (the default, full-size caption model, untrained: its weights cost what trained
+ones cost to evaluate) and rewrites the rewards. The model is normalised as training
+normalises it (`reward_training.normalisation`): mean and std of its outputs over the
+captions of pairs drawn from a random-play dataset collected here, eps the median of those
+captions' normalised outputs (each distinct caption once). The share of the dataset's
+distinct captions, and of its observations, whose reward passes eps (a nonzero r_int) is
+printed: measured, not assumed. The sides
 alternate, each repeat trains a fresh algorithm for a few iterations after a warm-up
 iteration, and the best and median env steps/s of each side are compared (the machine may
 be shared: the best is the closest estimate of an undisturbed run). The connector's own
 time is printed too: its share of the learner's wall time is what the reward costs where
 the learner is the bottleneck.
 
-    python bench/intrinsic_reward_overhead.py [--repeats 3] [--iterations 4]
+    python bench/intrinsic_reward_overhead.py [--repeats 3] [--iterations 4] [--shards 2]
 
 Goal: with / without >= 0.9.
 """
@@ -19,33 +25,61 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import numpy as np
+import torch
 
+from maestro.methods.motif.collect import CollectConfig, collect, load_caption_counts
+from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
+from maestro.methods.motif.pairs import PairSamplingConfig, sample_pairs
+from maestro.methods.motif.reward_model import (
+    CaptionRewardNet,
+    Normalisation,
+    RewardModel,
+    RewardModelConfig,
+)
+from maestro.methods.motif.reward_training import PairData, normalisation
 from maestro.methods.motif.train import TrainingConfig, algorithm_config
 from maestro.rl.results import learner_stats, sampled_env_steps
 from maestro.runtime import init_ray
 from maestro.spec import ResourcesSpec
+from maestro.store import LocalStore
 
 
-def reward_model():
-    """A full-size caption reward model (untrained weights cost the same to evaluate),
-    normalised so about half of the captions pass the threshold, as with Motif's median
-    threshold."""
-    import torch
-
-    from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
-    from maestro.methods.motif.reward_model import (
-        CaptionRewardNet,
-        Normalisation,
-        RewardModel,
-        RewardModelConfig,
-    )
-
+def reward_model(shards: int) -> RewardModel:
+    """A full-size caption reward model with untrained weights (they cost what trained ones
+    cost to evaluate), normalised as training normalises a trained one, on the captions of a
+    random-play dataset of `shards` shards. Prints the share of that dataset's distinct
+    captions and of its observations (rows) whose reward passes eps."""
     torch.manual_seed(0)
     model = RewardModel(CaptionRewardNet(RewardModelConfig()), Normalisation(0.0, 1.0, 0.0))
-    return model, IntrinsicRewardConfig(coef_intrinsic=0.1, coef_extrinsic=0.1, beta=3.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalStore(tmp)
+        collect(store, "dataset", CollectConfig(num_shards=shards, num_actors=1), seed=0)
+        captions = load_caption_counts(store, "dataset")
+    # The pairs a reward model is trained on: uniform draws over the dataset's rows. Their
+    # labels play no part in the normalisation.
+    sample = sample_pairs(captions, PairSamplingConfig(num_draws=20_000), seed=0)
+    pairs = PairData(
+        [q.caption_1 for q in sample.questions],
+        [q.caption_2 for q in sample.questions],
+        np.zeros(len(sample.questions), dtype=np.float32),
+        [q.id for q in sample.questions],
+        np.array([q.count for q in sample.questions], dtype=np.float32),
+    )
+    model.norm = normalisation(model, pairs, quantile=0.5)
+    margin = model.normalised(captions.captions) - model.norm.threshold
+    distinct_share = float(np.mean(margin >= 0))
+    row_share = float(captions.counts[margin >= 0].sum() / captions.rows)
+    print(
+        f"random-play dataset: {captions.rows} observations, {len(captions.captions)} "
+        f"distinct captions; passing eps: {100 * distinct_share:.1f}% of distinct captions, "
+        f"{100 * row_share:.1f}% of observations",
+        flush=True,
+    )
+    return model
 
 
 def measure(config: TrainingConfig, settings: dict | None, iterations: int) -> dict[str, float]:
@@ -76,6 +110,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--seconds-per-iteration", type=float, default=10.0)
     parser.add_argument("--num-envs", type=int, default=16)
+    parser.add_argument("--shards", type=int, default=2, help="of the normalisation dataset")
     args = parser.parse_args()
 
     init_ray(ResourcesSpec(num_cpus=2))
@@ -87,15 +122,12 @@ def main() -> None:
         min_iteration_seconds=args.seconds_per_iteration,
         torch_threads=1,
     )
-    import torch
-
     torch.set_num_threads(1)
     from maestro.methods.motif.intrinsic_connector import learner_settings
 
-    model, intrinsic = reward_model()
-    settings = learner_settings(
-        model, intrinsic.coef_intrinsic, intrinsic.coef_extrinsic, intrinsic.beta
-    )
+    model = reward_model(args.shards)
+    intrinsic = IntrinsicRewardConfig(coef_intrinsic=0.1, coef_extrinsic=0.1, beta=3.0)
+    settings = learner_settings(model, intrinsic)
     sides: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
     for repeat in range(args.repeats):
         for side in ("without", "with"):

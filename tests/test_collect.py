@@ -209,6 +209,8 @@ def test_actors_run_a_given_policy_and_other_tasks(tmp_path, ray_address):
         store, "waiting", config, seed=3, policy_factory=WaitPolicy, on_shard=shards.append
     )
     assert sorted(s.shard for s in shards) == [0, 1] and result.shards_written == 2
+    # What feeds the rollout env-steps counter: 30 steps each, not the 31 observations.
+    assert [(s.rows, s.env_steps) for s in shards] == [(31, 30), (31, 30)]
     table = read_shard(store, shards[0].key)
     assert table.column_names[-3:] == ["blstats", "message", "glyphs"]
     assert "tty_chars" not in table.column_names

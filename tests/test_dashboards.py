@@ -252,7 +252,8 @@ def job_expectations(result, batch_size: int) -> dict[str, dict[str, float]]:
     logged = mlflow_client().get_run(result.mlflow_run_id).data.metrics
     labelled, invalid = logged["annotation/pairs_labelled"], logged["annotation/invalid"]
     prepared = {
-        "ray_maestro_rollout_env_steps_total": logged["collect/rows"],
+        # Env steps: each episode's rows are its first observation and one per step.
+        "ray_maestro_rollout_env_steps_total": logged["collect/rows"] - logged["collect/episodes"],
         "ray_maestro_rollout_episodes_total": logged["collect/episodes"],
         "ray_maestro_annotation_batch_seconds_count": -(-(labelled + invalid) // batch_size),
         "ray_maestro_annotation_queue_depth": 0.0,  # nothing left waiting at the end

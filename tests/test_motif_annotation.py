@@ -1,6 +1,6 @@
 """`maestro run jobs/motif/annotate.yaml` end to end on real NLE with the embedding judge:
 killed mid-annotation with SIGKILL and rerun, it ends with exactly the dataset an
-uninterrupted run produces."""
+uninterrupted run produces. And the annotation service's queue depth, in questions."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from maestro.llm import AnnotatorConfig, load_prompt_set
+from maestro.methods.motif.annotation import AnnotationServiceConfig, annotate
+from maestro.methods.motif.pairs import Question
 from maestro.methods.motif.preferences import PreferenceStore
 from maestro.store import LocalStore
 
@@ -121,3 +124,52 @@ def test_killed_annotation_resumes_to_the_uninterrupted_dataset(env, tmp_path):
     assert metrics["collect/unique_captions"] > 20
     artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "annotation")]
     assert "annotation/examples.json" in artifacts
+
+
+class RecordedMetrics:
+    """Stands in for `AnnotationMetrics`: keeps what `annotate` records for Prometheus."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def record(self, **values) -> None:
+        self.records.append(values)
+
+
+@pytest.fixture
+def local_ray(monkeypatch):
+    """A private local Ray cluster of 2 CPUs, shut down after the test."""
+    import ray
+
+    from maestro.runtime import init_ray
+    from maestro.spec import ResourcesSpec
+
+    # "local": never join a cluster another test left running.
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    init_ray(ResourcesSpec(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+def test_queue_depth_counts_questions_for_mlflow_and_prometheus(local_ray, tmp_path):
+    questions = [
+        Question(f"q{i:02d}", f"You see {i} gold pieces.", f"You hear {i} birds.")
+        for i in range(10)
+    ]
+    # One actor, one batch at a time: batches of 3, 3, 3 and 1 answered in order.
+    service = AnnotationServiceConfig(batch_size=3, batches_per_actor=1, log_every_batches=1)
+    logged: list[dict] = []
+    prometheus = RecordedMetrics()
+    result = annotate(
+        questions,
+        load_prompt_set().task("score"),
+        PreferenceStore(LocalStore(tmp_path), "preferences"),
+        AnnotatorConfig(),
+        service,
+        on_progress=lambda values, pairs: logged.append(values),
+        metrics=prometheus,
+    )
+    assert result.batches_done == 4 and result.pairs == 10
+    # After each batch: the questions not yet answered (queued or in flight), not batches.
+    assert [m["annotation/queue_depth"] for m in logged] == [7, 4, 1, 0]
+    assert [r["queue_depth"] for r in prometheus.records] == [7, 4, 1, 0]

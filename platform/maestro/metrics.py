@@ -197,7 +197,8 @@ class RolloutMetrics:
         self.tags = {"run": str(run), "env": str(env)}
 
     def record(self, env_steps: int = 0, episodes: int = 0) -> None:
-        """Steps taken and episodes finished since the last call."""
+        """Env steps taken (actions, not observations: an episode of n steps shows n + 1)
+        and episodes finished since the last call."""
         _add("maestro_rollout_env_steps", env_steps, self.tags)
         _add("maestro_rollout_episodes", episodes, self.tags)
 

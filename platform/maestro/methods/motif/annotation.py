@@ -74,8 +74,10 @@ def annotate(
 ) -> AnnotationResult:
     """Answer every question not yet in `preferences`, batch by batch.
 
-    `on_progress(metrics, pairs_done)` is called every few batches with throughput and the
-    invalid-answer rate (for MLflow); `metrics` exports the same to Prometheus per batch."""
+    `on_progress(metrics, pairs_done)` is called every few batches with throughput, the
+    invalid-answer rate and the queue depth (for MLflow); `metrics` exports the same to
+    Prometheus per batch. The queue depth counts questions not yet answered (queued or in
+    flight), in both."""
     import ray
 
     batches = batches_of(questions, service.batch_size)
@@ -126,9 +128,10 @@ def annotate(
             result.pairs += len(records)
             result.invalid += invalid
             result.seconds = time.perf_counter() - start
+            # Questions (not batches) still queued or in flight: the unit of both the
+            # Prometheus gauge and MLflow's annotation/queue_depth.
+            waiting = total_pairs - result.pairs
             if metrics is not None:
-                waiting = sum(len(batches[b]) for b in queue)
-                waiting += sum(len(batches[b]) for b, _, _ in in_flight.values())
                 metrics.record(
                     labelled=len(records) - invalid,
                     invalid=invalid,
@@ -151,7 +154,7 @@ def annotate(
                     {
                         "annotation/pairs_per_s": result.pairs_per_s,
                         "annotation/invalid_rate": result.invalid / result.pairs,
-                        "annotation/queue_depth": len(queue) + len(in_flight),
+                        "annotation/queue_depth": waiting,
                     },
                     result.pairs,
                 )

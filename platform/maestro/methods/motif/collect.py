@@ -394,6 +394,12 @@ class ShardStats:
     caption_counts: dict[str, int]
     seconds: float = 0.0
 
+    @property
+    def env_steps(self) -> int:
+        """Environment steps (actions) taken: an episode's rows are its first observation
+        and one per step."""
+        return self.rows - self.episodes
+
 
 class RolloutWorker:
     """Plays shards on one NLE env and writes them to the store (a Ray actor's body)."""

@@ -53,7 +53,7 @@ def stage_collect(ctx) -> tuple[CaptionCounts, str]:
         cfg.collect,
         ctx.spec.seed,
         progress=ctx.progress,
-        on_shard=lambda shard: rollouts.record(env_steps=shard.rows, episodes=shard.episodes),
+        on_shard=lambda shard: rollouts.record(env_steps=shard.env_steps, episodes=shard.episodes),
     )
     ctx.tracker.log_metrics(result.metrics(), step=0)
     return load_caption_counts(ctx.store, prefix), prefix
