@@ -4,7 +4,7 @@ directly as plain Ray tasks, on the same local cluster, in the same run.
 The `maestro run` side is all of `run_experiment` on `jobs/randomist/lqg.yaml` (every arm x
 seed): the parent MLflow run, Ray Tune (the grid, trial actors, a checkpoint every
 `checkpoint_every` rounds and Tune's experiment state with each, its final save), one MLflow
-child run per trial with batched metrics, the summary, the claims and the plot. The plain
+child run per trial with batched metrics, the summary, the claims and the plots. The plain
 side runs, for each trial, what it computes (arm values, every round of its algorithm) as a
 Ray task with the same CPUs, and keeps nothing. The two sides alternate (tasks, run, tasks,
 run, ...) and the fastest time of each is kept, since a shared machine only ever adds time.
@@ -126,7 +126,9 @@ def main() -> None:
         start_cluster(folder)
         spec = run_spec(folder, args.trials, args.rounds)
         specs = trial_specs(spec)
-        # Untimed first: the task workers' start, Tune's imports, its trial workers' start.
+        # Untimed first: the driver's imports (Tune, MLflow, rliable, matplotlib). Both sides
+        # still start worker processes in every timed run: a Tuner's trial actors are new
+        # processes that push Ray's idle task workers out of its pool, and die with it.
         run_tasks(specs[:2], spec.trials.cpus)
         run_timed(run_spec(folder, ARMS, 20, tracking=False))
         plain, timed = [], []

@@ -1,15 +1,18 @@
 """RANDOMIST's estimators and indices against values computed by hand, the incremental MIS
-state against the direct formulas, and the LQG against its closed form."""
+state against the direct formulas, the LQG against its closed form, and what `aggregate`
+logs and plots."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import maestro.methods.randomist as randomist
 from maestro.envs.lqg import LQG1D, LQGConfig
-from maestro.methods.randomist import indices, late_share, mean_and_band
+from maestro.methods.randomist import indices, late_share, mean_and_band, plotted_rounds
 from maestro.methods.randomist.bandit import BanditState, simulate
 from maestro.methods.randomist.config import RandomistConfig
 from maestro.methods.randomist.estimators import (
@@ -21,6 +24,7 @@ from maestro.methods.randomist.estimators import (
     renyi_d2_gaussian,
     truncation_threshold,
 )
+from maestro.store import open_store
 
 
 def test_gaussian_divergence_by_hand():
@@ -91,6 +95,65 @@ def test_mean_and_band():
     mean, half = mean_and_band(np.array([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5
     assert half == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+def test_curves_are_drawn_at_every_round_or_at_a_thousand_from_the_first_to_the_last():
+    assert plotted_rounds(50).tolist() == list(range(1, 51))
+    rounds = plotted_rounds(6000)
+    assert len(rounds) == randomist.PLOT_POINTS == 1000
+    assert rounds[0] == 1 and rounds[-1] == 6000 and (np.diff(rounds) > 0).all()
+
+
+class RecordingTracker:
+    """What `aggregate` logs on the run: metrics and artifacts."""
+
+    def __init__(self):
+        self.metrics: dict[int, dict[str, float]] = {}
+        self.artifacts: dict[str, bytes] = {}
+
+    def log_metrics(self, metrics, step, flush=False):
+        self.metrics.setdefault(step, {}).update(metrics)
+
+    def flush(self):
+        pass
+
+    def log_bytes(self, data, artifact_path):
+        self.artifacts[artifact_path] = data
+
+
+def test_aggregate_renders_each_plot_once_into_the_run_and_the_store(tmp_path, monkeypatch):
+    cfg = RandomistConfig(rounds=2000, log_every=500)
+    store = open_store(str(tmp_path))
+    rng = np.random.default_rng(0)
+    results = []
+    for arm in ("ucb1", "optimist"):
+        for seed in range(3):
+            prefix = f"runs/x/trials/{arm}{seed}"
+            for name in ("regret", "return_regret"):
+                store.put_array(f"{prefix}/{name}.npy", rng.random(cfg.rounds).cumsum())
+            results.append(SimpleNamespace(arm=arm, prefix=prefix))
+    tracker = RecordingTracker()
+    ctx = SimpleNamespace(
+        config=cfg, tracker=tracker, store=store, key=lambda *parts: "/".join(("runs/x", *parts))
+    )
+    renders = []
+
+    def figure_png(figure):
+        renders.append(figure)
+        return real_figure_png(figure)
+
+    real_figure_png = randomist.figure_png
+    monkeypatch.setattr(randomist, "figure_png", figure_png)
+    randomist.aggregate(ctx, results)
+    assert len(renders) == 2
+    for name in ("cumulative_regret", "cumulative_return_regret"):
+        png = tracker.artifacts[f"plots/{name}.png"]
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert store.get_bytes(f"runs/x/plots/{name}.png") == png
+    assert sorted(tracker.metrics) == [500, 1000, 1500, 2000]
+    assert set(tracker.metrics[2000]) == {
+        f"regret{band}/{arm}" for band in ("", "_band") for arm in ("ucb1", "optimist")
+    }
 
 
 def hand_built_history() -> tuple[MediatorFeedback, list[int], list[float], list[float]]:

@@ -107,10 +107,13 @@ class ClaimResult:
 
 def interquartile_mean(scores: np.ndarray) -> float:
     """rliable's IQM (scipy's 25% trimmed mean over all scores), without scipy's argument
-    handling on every call, which was three quarters of a bootstrap's time."""
-    x = np.sort(np.ravel(scores))
+    handling on every call, which was three quarters of a bootstrap's time. The sum over
+    the count is `ndarray.mean`'s own arithmetic (the same float), without its Python
+    wrapper: the bootstraps call this 24,000 times per three claims."""
+    x = np.sort(scores, axis=None)
     cut = int(0.25 * x.size)
-    return float(x[cut : x.size - cut].mean())
+    kept = x[cut : x.size - cut]
+    return float(kept.sum()) / kept.size
 
 
 def statistic_function(name: str):

@@ -241,9 +241,8 @@ def aggregate(ctx, results) -> None:
     """Mean average return per arm with a 95% band over seeds: `average_return/<arm>` and
     `average_return_band/<arm>` on the run every `log_every` rounds, and the plot (one
     panel per problem)."""
-    from maestro.methods.randomist import log_arm_means, per_arm_curves
+    from maestro.methods.randomist import log_arm_means, per_arm_curves, save_plot
     from maestro.spec import arm_config
-    from maestro.tracking import figure_png
 
     cfg: MCMCConfig = ctx.config
     spec = ctx.spec.resolved()
@@ -253,25 +252,22 @@ def aggregate(ctx, results) -> None:
     }
     log_arm_means(ctx, "average_return", averages, cfg.log_every)
     envs = {arm: MCMCConfig.model_validate(arm_config(spec, arm)).env for arm in averages}
-    figure = plot_average_returns(averages, envs)
-    ctx.tracker.log_figure(figure, "average_return")
-    ctx.store.put_bytes(ctx.key("plots", "average_return.png"), figure_png(figure))
+    save_plot(ctx, plot_average_returns(averages, envs), "average_return")
 
 
 def plot_average_returns(averages: dict[str, np.ndarray], envs: dict[str, str]):
     """Mean average return over seeds with a 95% band, one line per arm, one panel per
-    problem."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    problem. A matplotlib `Figure` of its own: no pyplot, nothing to close."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     from maestro.report import plot_band
     from maestro.tracking import step_axis
 
     problems = sorted(set(envs.values()))
-    figure, axes = plt.subplots(1, len(problems), figsize=(6.5 * len(problems), 4.5), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    figure = Figure(figsize=(6.5 * len(problems), 4.5))
+    axes = figure.subplots(1, len(problems), squeeze=False)
+    colours = colormaps["tab10"]
     for axis, problem in zip(axes[0], problems, strict=True):
         for index, (arm, runs) in enumerate(averages.items()):
             if envs[arm] != problem:
