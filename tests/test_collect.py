@@ -238,8 +238,9 @@ def test_a_trained_agents_checkpoint_plays_the_collection(tmp_path, ray_address)
     from nle import nethack
 
     from maestro.methods.motif.agent import AgentConfig
-    from maestro.methods.motif.train import TrainingConfig, algorithm_config
+    from maestro.methods.motif.train import ALGORITHM, TrainingConfig, algorithm_config
     from maestro.rl.checkpoints import algorithm_bytes
+    from maestro.run import checkpoint_files
 
     store = LocalStore(tmp_path)
     training = TrainingConfig(
@@ -248,18 +249,22 @@ def test_a_trained_agents_checkpoint_plays_the_collection(tmp_path, ray_address)
     algo = algorithm_config("score", training, seed=0, epoch=0, settings=None).build_algo()
     search = list(make_raw_env("score").actions).index(nethack.Command.SEARCH)
     run = "runs/motif/trained/tune"
+
+    def put_checkpoint(folder: str, algorithm: bytes) -> None:
+        """A checkpoint as a trial writes it: the agent's tar, the state, the signature."""
+        for name, data in checkpoint_files(1, {"loop": {}, ALGORITHM: algorithm}).items():
+            store.put_bytes(f"{run}/{folder}/{name}", data)
+
     try:
         untouched = algorithm_bytes(algo)
-        store.put_bytes(f"{run}/trial_00000_a_00000/checkpoint_000000/algorithm.tar", untouched)
-        store.put_bytes(f"{run}/trial_00001_a_00001/checkpoint_000003/algorithm.tar", untouched)
+        put_checkpoint("trial_00000_a_00000/checkpoint_000000", untouched)
+        put_checkpoint("trial_00001_a_00001/checkpoint_000003", untouched)
         module = algo.learner_group._learner.module["default_policy"]
         with torch.no_grad():
             module.pi.weight.zero_()
             module.pi.bias.fill_(-10.0)
             module.pi.bias[search] = 10.0
-        store.put_bytes(
-            f"{run}/trial_00000_a_00000/checkpoint_000001/algorithm.tar", algorithm_bytes(algo)
-        )
+        put_checkpoint("trial_00000_a_00000/checkpoint_000001", algorithm_bytes(algo))
     finally:
         algo.stop()
 
