@@ -2,12 +2,13 @@
 directly as plain Ray tasks, on the same local cluster, in the same run.
 
 The `maestro run` side is all of `run_experiment` on `jobs/randomist/lqg.yaml` (every arm x
-seed): the parent MLflow run, Ray Tune (the grid, trial actors, a checkpoint every
-`checkpoint_every` rounds and Tune's experiment state with each, its final save), one MLflow
-child run per trial with batched metrics, the summary, the claims and the plots. The plain
-side runs, for each trial, what it computes (arm values, every round of its algorithm) as a
-Ray task with the same CPUs, and keeps nothing. The two sides alternate (tasks, run, tasks,
-run, ...) and the fastest time of each is kept, since a shared machine only ever adds time.
+seed): the parent MLflow run, Ray Tune (the grid, trial actors, reports batched by
+`trials.report_seconds` as a run does, each with the latest checkpoint if any, its final
+save), one MLflow child run per trial with every logged point, the summary, the claims and
+the plots. The plain side runs, for each trial, what it computes (arm values, every round
+of its algorithm) as a Ray task with the same CPUs, and keeps nothing. The two sides
+alternate (tasks, run, tasks, run, ...) and the fastest time of each is kept, since a
+shared machine only ever adds time.
 
     python bench/trial_overhead.py [--trials 20] [--rounds 6000] [--repeats 2]
 

@@ -31,6 +31,7 @@ SETTINGS = {
     "config.train.train_batch_size": 512,
     "config.train.min_iteration_seconds": 0,
     "config.train.checkpoint_every": 1,
+    "trials.report_seconds": 0,  # and each checkpoint to Tune at once
     "config.train.eval_episodes": 2,
     "config.train.eval_max_episode_steps": 300,
     "config.train.agent.core": "mlp",

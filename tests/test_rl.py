@@ -354,7 +354,7 @@ class OneTrial:
     def log(self, metrics, step):
         self.tracker.log_metrics(metrics, step)
 
-    def checkpoint(self, state):
+    def checkpoint(self, state, step):
         self.state = state
 
     def restore(self):

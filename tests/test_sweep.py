@@ -168,15 +168,18 @@ def test_bad_sweep_blocks_are_one_line_errors(override, message, tracking, capsy
 # ---------------------------------------------------------------- kill the driver, resume
 
 
-# 3 reports per trial, a checkpoint with each; a RANDOMIST or OPTIMIST trial takes seconds,
+# 4 reports per trial, a checkpoint with each; a RANDOMIST or OPTIMIST trial takes seconds,
 # most of it after its first checkpoint.
-LONGER = ["config.rounds=6000", "config.log_every=2000", "config.checkpoint_every=2000"]
+LONGER = ["config.rounds=8000", "config.log_every=2000", "config.checkpoint_every=2000"]
+LOGGED = [2000, 4000, 6000, 8000]
 
 
 def resume_command(tmp_path: Path) -> list[str]:
     """`maestro run` arguments of the run that gets killed: 7 algorithms x 4 seeds = 28
     trials."""
-    overrides = [*TINY, *LONGER, "trials.seeds=4", f"store.uri={tmp_path / 'store'}"]
+    # Every log a report: running trials have checkpoints in Tune and curves in MLflow.
+    overrides = [*TINY, *LONGER, "trials.seeds=4", "trials.report_seconds=0"]
+    overrides.append(f"store.uri={tmp_path / 'store'}")
     return ["run", str(LQG), "--preset", "smoke", *[f"--set={item}" for item in overrides]]
 
 
@@ -225,7 +228,7 @@ def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path)
             continue
         # Kill with trials in flight, one of them past a checkpoint (each report carries
         # one), as soon as Tune has saved a state after that (which then holds it): a
-        # trial has about a second left after its first checkpoint, so waiting longer
+        # trial has about two seconds left after its first checkpoint, so waiting longer
         # lets the checkpointed ones finish. The driver is not frozen for the read:
         # frozen, it can hold sqlite's write lock.
         finished = sum(r.info.status == "FINISHED" for r in runs)
@@ -265,7 +268,7 @@ def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path)
         assert by_name[name].info.run_id == run.info.run_id  # continued, not replaced
     for run in after:
         steps = [step for step, _ in histories(client, run.info.run_id, "regret")]
-        assert steps == [2000, 4000, 6000], (run.data.tags["maestro.trial"], steps)
+        assert steps == LOGGED, (run.data.tags["maestro.trial"], steps)
     # A resumed trial's curve is the one an uninterrupted run of its config draws, and
     # some went on from a checkpoint rather than from round 0.
     base = load_spec(LQG, preset="smoke", overrides=[*TINY, *LONGER]).resolved()
@@ -276,7 +279,7 @@ def test_killed_run_resumes_its_trials_into_the_same_runs(ray_cluster, tmp_path)
         trial = trial_data(base, json.loads(run.data.tags["maestro.trial.params"]))
         cfg = RandomistConfig.model_validate(trial["config"])
         curve = list(simulate(cfg, BanditState.start(cfg, trial["seed"])))
-        expected = [(t, curve[t - 1]) for t in (2000, 4000, 6000)]
+        expected = [(t, curve[t - 1]) for t in LOGGED]
         assert_curve(histories(client, run.info.run_id, "regret"), expected)
         restored += "resumed_at_step" in client.get_run(run.info.run_id).data.metrics
     assert restored >= 1
@@ -316,6 +319,41 @@ def test_a_trial_restarted_from_its_own_checkpoint_continues_its_curve(tracking)
     (run,) = children(client, parent.run_id)
     expected = [(rounds, rounds / 10) for rounds in (20, 40, 60, 80, 100)]
     assert_curve(histories(client, run.info.run_id, "regret"), expected)
+
+
+def test_batched_reports_become_one_point_per_step(tracking):
+    """A batched report carries the steps logged before its own (`earlier`); each is a
+    point of the trial's curve. A trial restarted from an older checkpoint reports steps
+    MLflow has again: only the new ones are added, and its final metrics, at its last
+    step, join that step's point."""
+    from maestro.store import open_store
+    from maestro.sweep.tracking import EARLIER, TrialRunsWriter
+
+    spec = tiny_spec(tracking)
+    experiment = Experiment(spec, "run", spec.run_name())
+    parent = start_parent(experiment, None, open_store(spec.store.uri))
+    params = {"arm": "default", "seed": 0}
+    runs = TrialRunsWriter(experiment, parent.run_id)
+    runs.open()
+    runs.trial_started("trial_00000", params)
+    earlier = [[20, {"regret": 2.0}], [40, {"regret": 4.0}]]
+    runs.trial_result(
+        "trial_00000",
+        params,
+        {"training_iteration": 1, "step": 60, "regret": 6.0, EARLIER: earlier},
+    )
+    # Restarted from its checkpoint at round 40: Tune counts from 1 again.
+    earlier = [[60, {"regret": 6.0}], [80, {"regret": 8.0}]]
+    final = {"regret": 10.0, "final_regret": 10.0}
+    runs.trial_result(
+        "trial_00000", params, {"training_iteration": 1, "step": 100, **final, EARLIER: earlier}
+    )
+    runs.trial_completed("trial_00000")
+    runs.save()
+    client = mlflow_client(tracking)
+    (run,) = children(client, parent.run_id)
+    assert histories(client, run.info.run_id, "regret") == [(s, s / 10) for s in range(20, 101, 20)]
+    assert histories(client, run.info.run_id, "final_regret") == [(100, 10.0)]
 
 
 # ---------------------------------------------------------------- 200 trials
@@ -465,6 +503,7 @@ def test_optuna_search_with_tune_state_and_checkpoints_on_s3(ray_cluster, tracki
         "sweep.search=optuna",
         "sweep.num_samples=4",
         "trials.seeds=1",
+        "trials.report_seconds=0",  # trials of a second checkpoint only when not batched
         "config.algorithm=optimist",
         "sweep.space={config: {exploration: {loguniform: [0.01, 10.0]}}}",
     )

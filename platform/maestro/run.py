@@ -27,6 +27,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +42,7 @@ from maestro.spec import ExperimentSpec, SpecError, first_difference, flatten
 from maestro.store import ArtifactStore, open_store
 from maestro.sweep.driver import run_trials, summarise_sweep
 from maestro.sweep.spec import SweepSpec, load_sweep
-from maestro.sweep.tracking import RESUMED_AT, STEP
+from maestro.sweep.tracking import EARLIER, RESUMED_AT, STEP
 from maestro.tracking import Tracker
 
 Kind = Literal["run", "sweep"]
@@ -97,7 +98,13 @@ class RunContext:
 @dataclass
 class TrialContext:
     """What a trial gets: its own spec (arm overlay, seed and swept values applied), its
-    folder in the store, what `prepare` returned, and its line to Tune."""
+    folder in the store, what `prepare` returned, and its line to Tune.
+
+    Logs and checkpoints reach Tune in reports. With `report_seconds` 0 (a sweep whose
+    scheduler reads every result) each `log` is one report; otherwise they are batched:
+    one report once `report_seconds` have passed since the last, carrying every step logged
+    since, and one at the trial's end. A Tune report is a round trip to the driver, which
+    short trials would spend much of their time waiting on."""
 
     spec: ExperimentSpec
     arm: str
@@ -106,10 +113,13 @@ class TrialContext:
     store: ArtifactStore
     prefix: str
     prepared: dict[str, Any] = field(default_factory=dict)
+    report_seconds: float = 0.0
     carried: str | None = None  # the sweep's metric: in every report once measured
     latest: float | None = None  # its last value
     last_step: int = 0
-    pending: dict[str, Any] | None = None  # the state `checkpoint` was last given
+    unreported: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    reported_at: float = field(default_factory=time.monotonic)
+    pending: tuple[int, dict[str, Any]] | None = None  # the last `checkpoint`: step, state
     resumed_at: int | None = None  # the step `restore` went on from, until reported
 
     @property
@@ -129,19 +139,21 @@ class TrialContext:
         return progress_bar(total, f"{self.name} {desc}", unit)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        """Report `metrics` at `step` (rounds, env steps: the method's `step`) to Tune, with
-        the state last given to `checkpoint`. They reach the trial's MLflow run, the
-        sweep's scheduler and the report."""
+        """Record `metrics` at `step` (rounds, env steps: the method's `step`). They reach
+        Tune with the next report (see the class), and through it the trial's MLflow run,
+        the sweep's scheduler and the report."""
         self.last_step = step
-        self.report({**metrics, STEP: step})
+        self.add(step, metrics)
+        if time.monotonic() - self.reported_at >= self.report_seconds:
+            self.report()
 
-    def checkpoint(self, state: dict[str, Any]) -> None:
-        """Keep `state` (JSON values, or bytes for files) as the trial's checkpoint, handed
-        to Tune with the next `log`: call it just before logging the step the state is at.
-        Tune stores it with the experiment (in the store), so a restarted trial, a resumed
-        experiment and a PBT exploit (which copies another trial's) go on from it through
-        `restore`, and log on from that step."""
-        self.pending = state
+    def checkpoint(self, state: dict[str, Any], step: int) -> None:
+        """Keep `state` (JSON values, or bytes for files), the trial's state at `step`, as
+        its checkpoint. It goes to Tune with the next report (an older one not yet reported
+        is dropped). Tune stores it with the experiment (in the store), so a restarted
+        trial, a resumed experiment and a PBT exploit (which copies another trial's) go on
+        from it through `restore`, and log on from that step."""
+        self.pending = (step, state)
 
     def restore(self) -> dict[str, Any] | None:
         """The state this trial goes on from (its own last checkpoint, or under PBT the one
@@ -160,33 +172,53 @@ class TrialContext:
         return state
 
     def finish(self, final: dict[str, float]) -> None:
-        """Report the trial's final metrics (its last result, at its last step)."""
-        self.pending = None
-        self.report({**final, STEP: self.last_step})
+        """Report the trial's final metrics (its last result, at its last step) with
+        anything not yet reported, and a checkpoint given at the last step (a trained
+        agent that later stages load); an older one is dropped, as a finished trial is not
+        resumed."""
+        if self.pending is not None and self.pending[0] < self.last_step:
+            self.pending = None
+        self.add(self.last_step, final)
+        self.report()
 
-    def report(self, result: dict[str, Any]) -> None:
+    def add(self, step: int, metrics: dict[str, float]) -> None:
+        """Metrics for the next report; those of one step are one point."""
+        if self.carried in metrics:
+            self.latest = metrics[self.carried]
+        if self.unreported and self.unreported[-1][0] == step:
+            self.unreported[-1][1].update(metrics)
+        else:
+            self.unreported.append((step, dict(metrics)))
+
+    def report(self) -> None:
+        """One Tune report: the last step's metrics, the steps before it since the last
+        report (`EARLIER`), and the pending checkpoint."""
         from ray import tune
 
+        (step, metrics), earlier = self.unreported[-1], self.unreported[:-1]
+        result: dict[str, Any] = {**metrics, STEP: step}
+        if earlier:
+            result[EARLIER] = earlier
         if self.resumed_at is not None:
-            result = {**result, RESUMED_AT: self.resumed_at}
+            result[RESUMED_AT] = self.resumed_at
             self.resumed_at = None
         # Searchers (Optuna) and schedulers read the sweep's metric in every result.
-        if self.carried in result:
-            self.latest = result[self.carried]
-        elif self.latest is not None:
-            result = {**result, self.carried: self.latest}
+        if self.latest is not None and self.carried not in result:
+            result[self.carried] = self.latest
+        self.unreported = []
         if self.pending is None:
             tune.report(result)
-            return
-        folder = Path(tempfile.mkdtemp(prefix="maestro-checkpoint-"))
-        try:
-            for name, data in checkpoint_files(self.last_step, self.pending).items():
-                (folder / name).write_bytes(data)
-            # Tune copies the folder into its storage before this returns.
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        self.pending = None
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="maestro-checkpoint-"))
+            try:
+                for name, data in checkpoint_files(*self.pending).items():
+                    (folder / name).write_bytes(data)
+                # Tune copies the folder into its storage before this returns.
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            self.pending = None
+        self.reported_at = time.monotonic()
 
 
 def checkpoint_files(step: int, state: dict[str, Any]) -> dict[str, bytes]:

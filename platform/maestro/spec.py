@@ -108,6 +108,9 @@ class TrialsSpec(StrictModel):
     max_concurrent: int | None = Field(default=None, ge=1, description="None: as Ray fits")
     max_failures: int = Field(default=1, ge=-1, description="retries per trial; -1: forever")
     fail_fast: bool = Field(default=False, description="stop every trial at the first error")
+    report_seconds: float = Field(
+        default=10.0, ge=0, description="batch a trial's logs and checkpoints this long"
+    )
 
 
 class ExperimentSpec(StrictModel):

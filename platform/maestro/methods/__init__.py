@@ -38,7 +38,7 @@ class Method:
 
     - `config`: the pydantic schema of the spec's `config:` block.
     - `trial(ctx: TrialContext) -> dict[str, float]`: one seed of one arm. It logs with
-      `ctx.log(metrics, step)`, keeps its state with `ctx.checkpoint(state)` /
+      `ctx.log(metrics, step)`, keeps its state with `ctx.checkpoint(state, step)` /
       `ctx.restore()`, and returns its final metrics (what claims and summaries use).
     - `metrics`: the names of those final metrics.
     - `step`: what a trial's step counts (the x-axis of its curves), e.g. "rounds".

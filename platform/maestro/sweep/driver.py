@@ -47,10 +47,12 @@ def trial_main(
     prepared: dict[str, Any],
     finished: dict[str, Any],
     metric: str | None,
+    report_seconds: float,
 ) -> None:
     """One trial, as Tune's function trainable: the method's `trial` on the spec `base`
     (resolved) with the trial's `params` (arm, seed, swept values) applied; a sweep's
-    `metric` goes into every report once measured.
+    `metric` goes into every report once measured; reports are batched by `report_seconds`
+    (`TrialContext`).
 
     A trial whose MLflow run FINISHED before a resume (`finished`: name -> [params, final
     metrics]) reports that final result again and returns: Tune runs such trials again
@@ -73,9 +75,19 @@ def trial_main(
         store=open_store(spec.store.uri),
         prefix=f"{prefix}/trials/{name}",
         prepared=prepared,
+        report_seconds=report_seconds,
         carried=metric,
     )
     ctx.finish(get_method(spec.method).trial(ctx))
+
+
+def report_seconds(experiment: Experiment) -> float:
+    """How long a trial batches its reports: `trials.report_seconds`, or 0 (every log at
+    once) under a scheduler, which counts and reads every log."""
+    scheduler = experiment.sweep and experiment.sweep.scheduler
+    if isinstance(scheduler, (AshaScheduler, PbtScheduler)):
+        return 0.0
+    return experiment.spec.trials.report_seconds
 
 
 def trial_resources(params: dict[str, Any], *, base: dict[str, Any]) -> Any:
@@ -246,6 +258,7 @@ def run_trials(
             prepared=prepared,
             finished=finished,
             metric=experiment.sweep.metric if experiment.sweep else None,
+            report_seconds=report_seconds(experiment),
         ),
         functools.partial(trial_resources, base=base),
     )

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 STEP = "step"  # the result key of a trial's own step (`TrialContext.log`)
 RESUMED_AT = "resumed_at_step"  # where a restored trial went on from, once
+EARLIER = "earlier"  # the [step, metrics] a batched report carries before its own step
 # Result keys Tune adds that are bookkeeping, not measurements.
 TUNE_BOOKKEEPING = {
     "timestamp",
@@ -216,31 +217,43 @@ class TrialRunsWriter:
         run.seen = True
 
     def trial_result(self, name: str, params: dict[str, Any], result: dict[str, Any]) -> None:
-        """A result of trial `name`, whose coordinates are now `params` (PBT changes them).
-        New results are those past the last one in MLflow by step, then by Tune's
-        iteration (several reports can share a step, as a trial's final metrics share its
-        last step). Not by iteration alone: a trial restarted without a Tune checkpoint but
-        from its own counts iterations from 1 again while its steps go on."""
+        """A result of trial `name`, whose coordinates are now `params` (PBT changes them):
+        the points at the steps it carries (`EARLIER`, then its own). New points are those
+        past the last one in MLflow by step, then by Tune's iteration (several reports can
+        share a step, as a trial's final metrics share its last step). Not by iteration
+        alone: a trial restarted without a Tune checkpoint but from its own counts
+        iterations from 1 again while its steps go on."""
         run = self.open_run(name)
+        if run is None:
+            return
         reached = int(result["training_iteration"])
-        step = int(result.get(STEP, reached))
-        if run is not None and RESUMED_AT in result:
+        if RESUMED_AT in result:
             # Logged even where the results around it are already in MLflow.
             run.pending.append((int(result[RESUMED_AT]), {RESUMED_AT: result[RESUMED_AT]}))
-        if run is None or (step, reached) <= run.last_logged:
-            return  # already in MLflow: a trial restored from an older checkpoint
-        metrics = {**result_metrics(result), **self.pbt_values(run, params)}
+        metrics = result_metrics(result)
         metrics.pop(RESUMED_AT, None)  # logged above, at its own step
-        if step == run.last_logged[0]:
+        points = [(int(step), result_metrics(m)) for step, m in result.get(EARLIER, [])]
+        points.append((int(result.get(STEP, reached)), metrics))
+        new = [(step, m) for step, m in points if (step, reached) > run.last_logged]
+        if not new:
+            return  # already in MLflow: a trial restored from an older checkpoint
+        # PBT's values as they are at the report's own step.
+        new[-1][1].update(self.pbt_values(run, params))
+        for step, point in new:
+            self.add_point(run, (step, reached), point)
+        run.outcome = "stopped" if self.stopped_early(result) else "completed"
+
+    def add_point(self, run: TrialRun, at: tuple[int, int], metrics: dict[str, float]) -> None:
+        """Buffer `metrics` at `at` (step, Tune iteration), past the last point in MLflow."""
+        if at[0] == run.last_logged[0]:
             # A value repeated at the same step (the sweep's metric, carried into a report
             # that lacks it) is the same point: logged once.
             metrics = {k: v for k, v in metrics.items() if run.at_step.get(k) != v}
             run.at_step.update(metrics)
         else:
             run.at_step = dict(metrics)
-        run.last_logged = (step, reached)
-        run.outcome = "stopped" if self.stopped_early(result) else "completed"
-        run.pending.append((step, metrics))
+        run.last_logged = at
+        run.pending.append((at[0], metrics))
 
     def trial_completed(self, name: str) -> None:
         """Trial `name` ended normally (or its scheduler stopped it)."""

@@ -132,7 +132,7 @@ class Trial(Protocol):
 
     def log(self, metrics: dict[str, float], step: int) -> None: ...
 
-    def checkpoint(self, state: dict[str, Any]) -> None: ...
+    def checkpoint(self, state: dict[str, Any], step: int) -> None: ...
 
     def restore(self) -> dict[str, Any] | None: ...
 
@@ -196,14 +196,14 @@ def train_agent(
                 learner = learner_stats(algo, maxima=MAXIMA)
                 metrics = iteration_metrics(result, learner, steps, seconds)
                 metrics.update(intrinsic_metrics(learner))
-                # The checkpoint goes with this step's report: a trial restored from it
-                # logs on from this step.
+                # A trial restored from this checkpoint logs on from this step.
                 if (
                     state.iterations % config.checkpoint_every == 0
                     or state.env_steps >= config.env_steps
                 ):
                     trial.checkpoint(
-                        {"loop": dict(state.__dict__), ALGORITHM: algorithm_bytes(algo)}
+                        {"loop": dict(state.__dict__), ALGORITHM: algorithm_bytes(algo)},
+                        step=state.env_steps,
                     )
                 trial.log(metrics, step=state.env_steps)
                 rollouts.record(env_steps=steps, episodes=int(metrics.get("train/episodes", 0)))

@@ -58,7 +58,7 @@ def trial(ctx) -> dict[str, float]:
     for regret in simulate(cfg, state):
         t = state.t
         if t % cfg.checkpoint_every == 0 and t < cfg.rounds:
-            ctx.checkpoint(state.to_checkpoint())
+            ctx.checkpoint(state.to_checkpoint(), step=t)
         if t % cfg.log_every == 0 or t == cfg.rounds:
             ctx.log({"regret": regret, "return_regret": state.return_regret[t - 1]}, step=t)
     ctx.store.put_array(ctx.key("regret.npy"), state.regret)
