@@ -55,6 +55,7 @@ def training_steps_per_s(task: str, env_runners: int, iterations: int, num_envs:
     """Env steps/s of the APPO training loop with the intrinsic reward (after warm-up)."""
     import torch
 
+    from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
     from maestro.methods.motif.intrinsic_connector import learner_settings
     from maestro.methods.motif.reward_model import (
         CaptionRewardNet,
@@ -76,7 +77,7 @@ def training_steps_per_s(task: str, env_runners: int, iterations: int, num_envs:
         min_iteration_seconds=10,
         torch_threads=1,
     )
-    settings = learner_settings(model, 0.1, 0.1, 3.0)
+    settings = learner_settings(model, IntrinsicRewardConfig(coef_extrinsic=0.1))
     algo = algorithm_config(task, config, seed=0, epoch=0, settings=settings).build_algo()
     try:
         while sampled_env_steps(algo.train()) == 0:
