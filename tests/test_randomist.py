@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import maestro.methods.randomist as randomist
+from maestro import run
 from maestro.envs.lqg import LQG1D, LQGConfig
 from maestro.methods.randomist import indices, late_share, mean_and_band, plotted_rounds
 from maestro.methods.randomist.bandit import BanditState, simulate
@@ -133,17 +134,15 @@ def test_aggregate_renders_each_plot_once_into_the_run_and_the_store(tmp_path, m
                 store.put_array(f"{prefix}/{name}.npy", rng.random(cfg.rounds).cumsum())
             results.append(SimpleNamespace(arm=arm, prefix=prefix))
     tracker = RecordingTracker()
-    ctx = SimpleNamespace(
-        config=cfg, tracker=tracker, store=store, key=lambda *parts: "/".join(("runs/x", *parts))
-    )
+    ctx = run.RunContext(SimpleNamespace(config=cfg), store, "runs/x", tracker)
     renders = []
 
     def figure_png(figure):
         renders.append(figure)
         return real_figure_png(figure)
 
-    real_figure_png = randomist.figure_png
-    monkeypatch.setattr(randomist, "figure_png", figure_png)
+    real_figure_png = run.figure_png
+    monkeypatch.setattr(run, "figure_png", figure_png)
     randomist.aggregate(ctx, results)
     assert len(renders) == 2
     for name in ("cumulative_regret", "cumulative_return_regret"):

@@ -43,7 +43,7 @@ from maestro.store import ArtifactStore, open_store
 from maestro.sweep.driver import run_trials, summarise_sweep
 from maestro.sweep.spec import SweepSpec, load_sweep
 from maestro.sweep.tracking import EARLIER, RESUMED_AT, STEP
-from maestro.tracking import Tracker
+from maestro.tracking import Tracker, figure_png
 
 Kind = Literal["run", "sweep"]
 STATE_FILE = "state.json"  # a checkpoint's JSON entries; bytes entries are files of their own
@@ -93,6 +93,13 @@ class RunContext:
 
     def progress(self, total: int, desc: str, unit: str = "it") -> Any:
         return progress_bar(total, desc, unit)
+
+    def save_plot(self, figure: Any, name: str) -> None:
+        """`figure` as `plots/<name>.png` on the parent run and in the experiment's folder,
+        rendered once (rendering is most of a plot's time)."""
+        png = figure_png(figure)
+        self.tracker.log_bytes(png, f"plots/{name}.png")
+        self.store.put_bytes(self.key("plots", f"{name}.png"), png)
 
 
 @dataclass

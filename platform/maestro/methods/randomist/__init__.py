@@ -41,7 +41,7 @@ import numpy as np
 from maestro.methods import Method
 from maestro.methods.randomist.bandit import BanditState, simulate
 from maestro.methods.randomist.config import RandomistConfig
-from maestro.tracking import figure_png, step_axis
+from maestro.tracking import step_axis
 
 # Points per curve in a plot: a 7-inch plot has fewer pixels across, and each point drawn
 # (with its band) is rendering time.
@@ -85,15 +85,7 @@ def aggregate(ctx, results) -> None:
     curves = {name: per_arm_curves(ctx, results, name) for name in ("regret", "return_regret")}
     log_arm_means(ctx, "regret", curves["regret"], cfg.log_every)
     for name, label in (("regret", "expected regret"), ("return_regret", "regret (1 - J)")):
-        save_plot(ctx, plot_regret(curves[name], f"cumulative {label}"), f"cumulative_{name}")
-
-
-def save_plot(ctx, figure, name: str) -> None:
-    """`figure` as `plots/<name>.png` on the run and in the experiment's folder in the
-    store, rendered once (rendering is most of a plot's time)."""
-    png = figure_png(figure)
-    ctx.tracker.log_bytes(png, f"plots/{name}.png")
-    ctx.store.put_bytes(ctx.key("plots", f"{name}.png"), png)
+        ctx.save_plot(plot_regret(curves[name], f"cumulative {label}"), f"cumulative_{name}")
 
 
 def per_arm_curves(ctx, results, name: str) -> dict[str, np.ndarray]:

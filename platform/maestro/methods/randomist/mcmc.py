@@ -232,7 +232,7 @@ def aggregate(ctx, results) -> None:
     """Mean average return per arm with a 95% band over seeds: `average_return/<arm>` and
     `average_return_band/<arm>` on the run every `log_every` rounds, and the plot (one
     panel per problem)."""
-    from maestro.methods.randomist import log_arm_means, per_arm_curves, save_plot
+    from maestro.methods.randomist import log_arm_means, per_arm_curves
     from maestro.spec import arm_config
 
     cfg: MCMCConfig = ctx.config
@@ -243,7 +243,7 @@ def aggregate(ctx, results) -> None:
     }
     log_arm_means(ctx, "average_return", averages, cfg.log_every)
     envs = {arm: MCMCConfig.model_validate(arm_config(spec, arm)).env for arm in averages}
-    save_plot(ctx, plot_average_returns(averages, envs), "average_return")
+    ctx.save_plot(plot_average_returns(averages, envs), "average_return")
 
 
 def plot_average_returns(averages: dict[str, np.ndarray], envs: dict[str, str]):
