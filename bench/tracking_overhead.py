@@ -6,7 +6,7 @@ Both sides are whole `run_experiment` calls on one local Ray cluster with a sqli
 database (`MLFLOW_TRACKING_URI` points elsewhere if set). They alternate (off, on, off,
 on, ...) and the fastest time of each is kept, since a shared machine only ever adds time.
 
-    python bench/tracking_overhead.py [--trials 20] [--rounds 6000] [--repeats 2]
+    python bench/tracking_overhead.py [--trials 20] [--rounds 6000] [--repeats 8]
 
 Goal: tracked wall time under 1.05 x untracked (overhead under 5%).
 """

@@ -92,6 +92,19 @@ def cpu_load(processes: int = 2) -> Iterator[None]:
             spinner.wait()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread in the test process: other processes (env runners, learners, other
+    work) share the two cores, and idle torch threads spinning on a busy machine slow
+    everything down."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def stop(process: subprocess.Popen) -> None:
     """Terminate a server process (and wait for it)."""
     process.terminate()

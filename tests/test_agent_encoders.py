@@ -30,13 +30,7 @@ TINY_CROP_GRU = AgentConfig(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread: the machine's two cores are shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def screen_cells(observations: list[dict], size: int = 12) -> torch.Tensor:

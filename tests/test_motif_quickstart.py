@@ -118,6 +118,7 @@ def test_quickstart_killed_in_training_resumes_into_the_same_runs(mlflow_server,
 
     plots = [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
     assert "plots/training_returns.png" in plots
+    assert (folder / "plots" / "training_returns.png").read_bytes()[:4] == b"\x89PNG"
     assert max(checkpoint_steps(folder)) == final
 
 

@@ -13,7 +13,7 @@ import pytest
 import maestro.methods.randomist as randomist
 from maestro import run
 from maestro.envs.lqg import LQG1D, LQGConfig
-from maestro.methods.randomist import indices, late_share, mean_and_band, plotted_rounds
+from maestro.methods.randomist import indices, late_share, plotted_rounds
 from maestro.methods.randomist.bandit import BanditState, simulate
 from maestro.methods.randomist.config import RandomistConfig
 from maestro.methods.randomist.estimators import (
@@ -90,12 +90,6 @@ def test_incremental_estimates_match_the_direct_formula():
     assert ess[-1] < 1 < ess[1] <= t
     # Truncation bites on the far arm: its weights are capped at M.
     assert weights[:, -1].max() <= truncation_threshold(d2, t, 2.0)[-1] + 1e-12
-
-
-def test_mean_and_band():
-    mean, half = mean_and_band(np.array([1.0, 2.0, 3.0, 4.0]))
-    assert mean == 2.5
-    assert half == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
 
 
 def test_curves_are_drawn_at_every_round_or_at_a_thousand_from_the_first_to_the_last():

@@ -80,14 +80,7 @@ def liking_reward_model(seed: int = 0) -> RewardModel:
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread in this process: the env runner and learner processes share the
-    two cores, and idle torch threads spinning on a busy machine slow everything down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

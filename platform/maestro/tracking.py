@@ -249,12 +249,6 @@ class Tracker:
             self._logged[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
         return self._logged[key]
 
-    def log_figure(self, figure: Any, name: str) -> None:
-        """Save a matplotlib figure as a PNG artifact under `plots/`."""
-        if not self.enabled:
-            return
-        self.log_bytes(figure_png(figure), f"plots/{name}.png")
-
     def log_bytes(self, data: bytes, artifact_path: str) -> None:
         """Store `data` as the artifact `artifact_path`."""
         if not self.enabled:

@@ -271,5 +271,5 @@ def plot_returns(ctx, results) -> None:
     if len(results) > 1:
         axes[0].legend(fontsize="small")
     fig.tight_layout()
-    ctx.tracker.log_figure(fig, "training_returns")
+    ctx.save_plot(fig, "training_returns")
     plt.close(fig)

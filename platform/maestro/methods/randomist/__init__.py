@@ -100,6 +100,8 @@ def log_arm_means(ctx, name: str, curves: dict[str, np.ndarray], log_every: int)
     """`<name>/<arm>`, the mean over seeds of each arm's curves (seeds, steps), and
     `<name>_band/<arm>`, its 95% half-width, on the run every `log_every` steps and at the
     last."""
+    from maestro.report import mean_band  # the driver's module: trials never import it
+
     last = min(runs.shape[1] for runs in curves.values())
     steps = list(range(log_every, last + 1, log_every))
     if not steps or steps[-1] != last:
@@ -107,16 +109,10 @@ def log_arm_means(ctx, name: str, curves: dict[str, np.ndarray], log_every: int)
     for step in steps:
         row = {}
         for arm, runs in curves.items():
-            row[f"{name}/{arm}"], row[f"{name}_band/{arm}"] = mean_and_band(runs[:, step - 1])
+            mean, half, _ = mean_band(runs[:, step - 1])
+            row[f"{name}/{arm}"], row[f"{name}_band/{arm}"] = mean, half
         ctx.tracker.log_metrics(row, step=step)
     ctx.tracker.flush()
-
-
-def mean_and_band(samples: np.ndarray) -> tuple[float, float]:
-    """Mean and the half-width of its 95% normal confidence interval."""
-    samples = np.asarray(samples, dtype=float)
-    half = 1.96 * samples.std(ddof=1) / math.sqrt(len(samples)) if len(samples) > 1 else 0.0
-    return float(samples.mean()), float(half)
 
 
 def plotted_rounds(rounds: int) -> np.ndarray:
