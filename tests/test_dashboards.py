@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import promql_parser
 import pytest
@@ -218,6 +220,39 @@ def scrape(port: int) -> Scrape:
     return Scrape([s for family in text_string_to_metric_families(text) for s in family.samples])
 
 
+class GaugeWatch:
+    """Scrapes the endpoint every second in a thread and keeps the latest samples of gauge
+    `name` it saw. A trial's gauges are exported only while its process lives, and that
+    process ends with its run, seconds before the jobs after it are done."""
+
+    def __init__(self, port: int, name: str):
+        self.port, self.name = port, name
+        self.seen: dict[tuple, Any] = {}  # sorted labels -> latest sample
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+
+    def watch(self) -> None:
+        while not self.stopped.wait(1.0):
+            try:
+                samples = scrape(self.port).samples
+            except OSError:
+                continue
+            for sample in samples:
+                if sample.name == self.name:
+                    self.seen[tuple(sorted(sample.labels.items()))] = sample
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def add_to(self, result: Scrape) -> Scrape:
+        """`result` with the samples seen earlier whose series it no longer has."""
+        present = {tuple(sorted(s.labels.items())) for s in result.samples if s.name == self.name}
+        gone = [sample for labels, sample in self.seen.items() if labels not in present]
+        return Scrape(result.samples + gone)
+
+
 def mlflow_client():
     from mlflow.tracking import MlflowClient
 
@@ -315,7 +350,7 @@ REPORT_INTERVAL_S = 3
 
 @dataclass
 class Exported:
-    result: Scrape  # once it showed everything (or at the deadline)
+    result: Scrape  # once it showed everything (or at the deadline), with the trial's returns
     later: Scrape  # three report intervals after that: gauges must still be there
     expected: dict[str, dict[str, float]]  # run label -> metric -> value
     quickstart_run: str
@@ -358,6 +393,7 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
             _metrics_export_port=port,
             _system_config={"metrics_report_interval_ms": REPORT_INTERVAL_S * 1000},
         )
+        returns = GaugeWatch(port, "ray_maestro_episode_return")
         try:
             from maestro.run import run_experiment
 
@@ -379,12 +415,12 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
             sweep = run_experiment(spec, "sweep")
             sweep_trials = {"sweep": sweep.run_name, "trials": sweep.summary["trials"]}
             deadline = time.monotonic() + 60
-            latest = scrape(port)
+            latest = returns.add_to(scrape(port))
             while value_problems(latest, expected) or panel_problems(latest):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(1)
-                latest = scrape(port)
+                latest = returns.add_to(scrape(port))
             time.sleep(3 * REPORT_INTERVAL_S)
             yield Exported(
                 latest,
@@ -397,6 +433,7 @@ def exported(tmp_path_factory) -> Iterator[Exported]:
                 sweep_trials,
             )
         finally:
+            returns.stop()
             ray.shutdown()
 
 
