@@ -53,29 +53,22 @@ def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None 
     raise TimeoutError(f"{url} did not answer in {timeout}s")
 
 
-SESSION: list[pytest.Session] = []
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    SESSION.append(session)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
+def pytest_sessionfinish(session: pytest.Session) -> None:
     """Leave with pytest's exit status once everything is reported, without CPython's
     teardown of the modules. The in-process Ray workers, gRPC and torch threads of the
     tests can crash that teardown (a segfault after "312 passed" failed CI once), turning
-    a passing suite into a failing one. Runs first at exit, so it stops Ray itself."""
-    if SESSION:
-        atexit.register(exit_now, int(SESSION[0].exitstatus))
+    a passing suite into a failing one. Registered last, it runs first at exit, so it
+    stops Ray itself."""
+    atexit.register(exit_now, session)
 
 
-def exit_now(status: int) -> None:
+def exit_now(session: pytest.Session) -> None:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(status)
+    os._exit(int(session.exitstatus))
 
 
 @contextlib.contextmanager
