@@ -31,10 +31,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from maestro.feedback.collect import CollectConfig, collect, load_caption_counts
+from maestro.feedback.pairs import PairSamplingConfig, Question, pending, sample_pairs
 from maestro.llm import AnnotatorConfig, PairQuestion, TaskText, load_prompt_set
 from maestro.llm.backends import EmbeddingAnnotator
-from maestro.methods.motif.collect import CollectConfig, collect, load_caption_counts
-from maestro.methods.motif.pairs import PairSamplingConfig, Question, pending, sample_pairs
 from maestro.store import LocalStore
 
 

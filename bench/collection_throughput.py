@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from maestro.envs.nethack import episode_seeds, make_raw_env, start_game
-from maestro.methods.motif.collect import (
+from maestro.feedback.collect import (
     DEFAULT_FIELDS,
     CollectConfig,
     RandomPolicy,

@@ -31,18 +31,18 @@ import time
 import numpy as np
 import torch
 
-from maestro.methods.motif.collect import CollectConfig, collect, load_caption_counts
-from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
-from maestro.methods.motif.pairs import PairSamplingConfig, sample_pairs
-from maestro.methods.motif.reward_model import (
+from maestro.feedback.collect import CollectConfig, collect, load_caption_counts
+from maestro.feedback.intrinsic import IntrinsicRewardConfig
+from maestro.feedback.pairs import PairSamplingConfig, sample_pairs
+from maestro.feedback.reward_model import (
     CaptionRewardNet,
     Normalisation,
     RewardModel,
     RewardModelConfig,
 )
-from maestro.methods.motif.reward_training import PairData, normalisation
-from maestro.methods.motif.train import TrainingConfig, algorithm_config
+from maestro.feedback.reward_training import PairData, normalisation
 from maestro.rl.results import learner_stats, sampled_env_steps
+from maestro.rl.training import TrainingConfig, algorithm_config
 from maestro.runtime import init_ray
 from maestro.spec import ResourcesSpec
 from maestro.store import LocalStore
@@ -123,7 +123,7 @@ def main() -> None:
         torch_threads=1,
     )
     torch.set_num_threads(1)
-    from maestro.methods.motif.intrinsic_connector import learner_settings
+    from maestro.feedback.intrinsic_connector import learner_settings
 
     model = reward_model(args.shards)
     intrinsic = IntrinsicRewardConfig(coef_intrinsic=0.1, coef_extrinsic=0.1, beta=3.0)

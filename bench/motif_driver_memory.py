@@ -36,8 +36,8 @@ def measure(shards: int, draws: int) -> None:
     import os
 
     os.environ.setdefault("RAY_ADDRESS", "local")
-    from maestro.methods.motif.collect import CollectConfig, collect, load_caption_counts
-    from maestro.methods.motif.pairs import PairSamplingConfig, sample_pairs
+    from maestro.feedback.collect import CollectConfig, collect, load_caption_counts
+    from maestro.feedback.pairs import PairSamplingConfig, sample_pairs
     from maestro.runtime import init_ray
     from maestro.spec import ResourcesSpec
     from maestro.store import LocalStore

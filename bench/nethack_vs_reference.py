@@ -41,10 +41,10 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from maestro.methods.motif.agent import CORE_STATE, AgentConfig, NetHackTrunk
-from maestro.methods.motif.train import TrainingConfig, algorithm_config
+from maestro.rl.agent import CORE_STATE, AgentConfig, NetHackTrunk
 from maestro.rl.env import make_training_env
 from maestro.rl.results import count, nested, sampled_env_steps
+from maestro.rl.training import TrainingConfig, algorithm_config
 from maestro.runtime import init_ray
 from maestro.spec import ResourcesSpec, load_spec
 

@@ -55,16 +55,16 @@ def training_steps_per_s(task: str, env_runners: int, iterations: int, num_envs:
     """Env steps/s of the APPO training loop with the intrinsic reward (after warm-up)."""
     import torch
 
-    from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
-    from maestro.methods.motif.intrinsic_connector import learner_settings
-    from maestro.methods.motif.reward_model import (
+    from maestro.feedback.intrinsic import IntrinsicRewardConfig
+    from maestro.feedback.intrinsic_connector import learner_settings
+    from maestro.feedback.reward_model import (
         CaptionRewardNet,
         Normalisation,
         RewardModel,
         RewardModelConfig,
     )
-    from maestro.methods.motif.train import TrainingConfig, algorithm_config
     from maestro.rl.results import sampled_env_steps
+    from maestro.rl.training import TrainingConfig, algorithm_config
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

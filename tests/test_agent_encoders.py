@@ -10,9 +10,9 @@ import torch
 from pydantic import ValidationError
 
 from maestro.envs.nethack import make_env
-from maestro.methods.motif.agent import AgentConfig, NetHackTrunk, module_spec
-from maestro.methods.motif.evaluate import AgentPolicy
-from maestro.methods.motif.train import TrainingConfig, algorithm_config
+from maestro.rl.agent import AgentConfig, NetHackTrunk, module_spec
+from maestro.rl.evaluate import AgentPolicy
+from maestro.rl.training import TrainingConfig, algorithm_config
 
 EAT = ord("e")
 TINY_CROP_GRU = AgentConfig(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from maestro.envs.nethack import caption, make_raw_env
-from maestro.methods.motif.collect import (
+from maestro.feedback.collect import (
     CollectConfig,
     CollectError,
     RandomPolicy,
@@ -107,7 +107,7 @@ def run_in_subprocess(store_root, config, seed, address):
     """`collect` in a separate driver process joined to the test's Ray cluster."""
     script = (
         "import sys\n"
-        "from maestro.methods.motif.collect import CollectConfig, collect\n"
+        "from maestro.feedback.collect import CollectConfig, collect\n"
         "from maestro.store import open_store\n"
         "config = CollectConfig.model_validate_json(sys.argv[2])\n"
         "collect(open_store(sys.argv[1]), 'captions', config, seed=int(sys.argv[3]))\n"
@@ -237,9 +237,9 @@ def test_a_trained_agents_checkpoint_plays_the_collection(tmp_path, ray_address)
     import torch
     from nle import nethack
 
-    from maestro.methods.motif.agent import AgentConfig
-    from maestro.methods.motif.train import ALGORITHM, TrainingConfig, algorithm_config
+    from maestro.rl.agent import AgentConfig
     from maestro.rl.checkpoints import algorithm_bytes
+    from maestro.rl.training import ALGORITHM, TrainingConfig, algorithm_config
     from maestro.run import checkpoint_files
 
     store = LocalStore(tmp_path)

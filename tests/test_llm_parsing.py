@@ -198,7 +198,7 @@ def test_bundled_prompt_renders_captions_literally() -> None:
 def test_prompt_errors_name_the_problem(tmp_path) -> None:
     with pytest.raises(PromptError, match="unknown task 'gnomes'.*score"):
         load_prompt_set().task("gnomes")
-    with pytest.raises(PromptError, match="bundled prompts: motif"):
+    with pytest.raises(PromptError, match="bundled prompts: maestromotif, motif"):
         load_prompt_set("nope")
     broken = tmp_path / "broken.yaml"
     broken.write_text(

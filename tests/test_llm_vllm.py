@@ -22,7 +22,8 @@ from maestro.llm.parsing import parse_answer
 from .conftest import free_port, stop, wait_http
 from .tiny_llm import build_random_llama
 
-MAX_MODEL_LEN = 1024
+# Room for MaestroMotif's code-writing prompts (about 2,000 tokens with the tiny tokenizer).
+MAX_MODEL_LEN = 4096
 ANSWER_TOKENS = 24
 CPU_ENV = {
     # Small KV cache; vLLM's default on CPU reserves gigabytes.
@@ -49,7 +50,9 @@ CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
-    return build_random_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+    return build_random_llama(
+        tmp_path_factory.mktemp("tiny-llama") / "model", max_positions=MAX_MODEL_LEN
+    )
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +240,50 @@ def test_openai_backend_against_vllm_serve(vllm_server, questions, monkeypatch) 
     with pytest.raises(AnnotatorError, match="AuthenticationError") as error:
         refused.judge(questions[:1])
     assert key not in str(error.value)
+
+
+def test_codegen_loop_against_vllm_serve(vllm_server, monkeypatch, tmp_path) -> None:
+    """MaestroMotif's code-writing loop over the openai backend: the tiny model's noise is
+    never code that passes, so both rounds fail, `CodegenFailed` says so in one line with
+    each round's record, and nothing reaches the store."""
+    from maestro.methods.maestromotif.codegen import (
+        CodegenConfig,
+        CodegenFailed,
+        CodeRequest,
+        store_generated,
+        write_code_with,
+    )
+    from maestro.store import open_store
+
+    url, key = vllm_server
+    monkeypatch.setenv("MAESTRO_LLM_API_KEY", key)
+    monkeypatch.setenv("MAESTRO_LLM_API_HOSTS", "127.0.0.1")
+    config = CodegenConfig(
+        llm={
+            "backend": "openai",
+            "model": "tiny-llama",
+            "openai": {"base_url": f"{url}/v1", "api_key_env": "MAESTRO_LLM_API_KEY"},
+        },
+        rounds=2,
+        max_tokens=48,
+    )
+    request = CodeRequest(
+        kind="skills",
+        skills={"discoverer": "explore the level", "descender": "go down a level"},
+    )
+    store = open_store(str(tmp_path / "store"))
+    with pytest.raises(CodegenFailed) as failed:
+        store_generated(store, "maestromotif/code/skills", write_code_with(request, config))
+
+    records = failed.value.records
+    assert [record.round for record in records] == [1, 2]
+    assert all(record.stage in ("refused", "unit_test", "checker") for record in records)
+    assert all(record.reason and "\n" not in record.reason for record in records)
+    assert all(isinstance(record.completion, str) for record in records)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith("no code for skills passed in 2 rounds; round 2 ")
+    assert store.list() == []
 
 
 def test_hf_backend_from_s3(tiny_llama, questions, s3_env, monkeypatch, tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""The sandbox for skill code a language model writes (maestro.methods.maestromotif.sandbox):
+"""The sandbox for skill code a language model writes (maestro.llm.sandbox):
 well-behaved code computes the right values in a real worker process; every program of an
 adversarial corpus is refused at compile time or stopped at run time with its reason, leaves
 the sandbox answering, and writes nothing."""
@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from maestro.methods.maestromotif.sandbox import (
+from maestro.llm.sandbox import (
     SkillCallFailed,
     SkillCodeError,
     SkillSandbox,

@@ -13,10 +13,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from maestro.feedback.annotation import AnnotationServiceConfig, annotate
+from maestro.feedback.pairs import Question
+from maestro.feedback.preferences import PreferenceStore
 from maestro.llm import AnnotatorConfig, load_prompt_set
-from maestro.methods.motif.annotation import AnnotationServiceConfig, annotate
-from maestro.methods.motif.pairs import Question
-from maestro.methods.motif.preferences import PreferenceStore
 from maestro.store import LocalStore
 
 from .conftest import REPO

@@ -11,7 +11,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from maestro.methods.motif.train import stored_agent
+from maestro.rl.training import stored_agent
 from maestro.store import LocalStore
 
 from .conftest import REPO

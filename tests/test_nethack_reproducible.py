@@ -24,7 +24,7 @@ from maestro.envs.nethack import (
     make_raw_env,
     pin_birthday,
 )
-from maestro.methods.motif.collect import CollectConfig, RandomPolicy, collect_shard, field_array
+from maestro.feedback.collect import CollectConfig, RandomPolicy, collect_shard, field_array
 
 # Two wall-clock times a day apart (2023-11-14 22:13:20 UTC and the next day). Played
 # unpinned at these times, the games below greet different shopkeepers.

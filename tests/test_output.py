@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 # maestro.methods.motif (through maestro.rl) settles Ray's authentication mode on import;
 # `ray` is only used for its path.
-from maestro.methods.motif.evaluate import evaluate_with_progress
-from maestro.methods.motif.train import advance
+from maestro.rl.evaluate import evaluate_with_progress
+from maestro.rl.training import advance
 from maestro.runtime import RAY_DEPRECATION_LOGGER, quiet_third_party_logs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from maestro.envs.nethack import caption, make_env
-from maestro.methods.motif.collect import CaptionCounts
-from maestro.methods.motif.pairs import (
+from maestro.feedback.collect import CaptionCounts
+from maestro.feedback.pairs import (
     PairSamplingConfig,
     canonical,
     make_question,
@@ -135,9 +135,9 @@ def test_answered_questions_are_never_asked_again(nethack_captions):
 def test_one_changed_word_of_the_prompt_file_asks_every_question_afresh(tmp_path, nethack_captions):
     """Question ids carry the digest of the prompt set and the task's preference: the same
     file gives the same ids (its answers are reused), one changed word gives all new ids."""
+    from maestro.feedback.stages import question_namespace
     from maestro.llm import load_prompt_set
     from maestro.llm.prompts import prompt_path
-    from maestro.methods.motif.stages import question_namespace
 
     text = prompt_path("motif").read_text()
     same, edited = tmp_path / "same.yaml", tmp_path / "edited.yaml"

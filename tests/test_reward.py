@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from maestro.methods.motif.intrinsic import IntrinsicReward, IntrinsicRewardConfig, combine
-from maestro.methods.motif.preferences import PreferenceRecord, PreferenceStore
-from maestro.methods.motif.reward_model import RewardModel
-from maestro.methods.motif.reward_training import PairData, RewardTrainingConfig, train_reward_model
+from maestro.feedback.intrinsic import IntrinsicReward, IntrinsicRewardConfig, combine
+from maestro.feedback.preferences import PreferenceRecord, PreferenceStore
+from maestro.feedback.reward_model import RewardModel
+from maestro.feedback.reward_training import PairData, RewardTrainingConfig, train_reward_model
 from maestro.store import LocalStore
 
 MONSTERS = ["newt", "jackal", "grid bug", "kobold", "sewer rat", "gnome lord", "lichen"]

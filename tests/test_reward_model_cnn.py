@@ -8,14 +8,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from maestro.methods.motif.reward_model import (
+from maestro.feedback.reward_model import (
     CaptionRewardNet,
     Normalisation,
     RewardModel,
     RewardModelConfig,
     caption_bytes,
 )
-from maestro.methods.motif.reward_training import bradley_terry_loss
+from maestro.feedback.reward_training import bradley_terry_loss
 
 # Small enough for a CPU test: 64 bytes, two convolutions of 16 channels, a 32-wide head.
 TINY_CNN = RewardModelConfig(

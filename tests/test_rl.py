@@ -14,15 +14,15 @@ from mlflow.tracking import MlflowClient
 from nle import nethack
 
 from maestro.envs.nethack import EpisodeStats, caption, make_env
-from maestro.methods.motif.agent import AgentConfig
-from maestro.methods.motif.evaluate import EVAL_SEED_OFFSET, evaluate_agent
-from maestro.methods.motif.intrinsic import IntrinsicReward, IntrinsicRewardConfig
-from maestro.methods.motif.intrinsic_connector import IntrinsicRewardConnector, learner_settings
-from maestro.methods.motif.reward_model import RewardModel, RewardModelConfig
-from maestro.methods.motif.reward_training import PairData, RewardTrainingConfig, train_reward_model
-from maestro.methods.motif.train import ALGORITHM, TrainingConfig, algorithm_config, train_agent
+from maestro.feedback.intrinsic import IntrinsicReward, IntrinsicRewardConfig
+from maestro.feedback.intrinsic_connector import IntrinsicRewardConnector, learner_settings
+from maestro.feedback.reward_model import RewardModel, RewardModelConfig
+from maestro.feedback.reward_training import PairData, RewardTrainingConfig, train_reward_model
+from maestro.rl.agent import AgentConfig
 from maestro.rl.algorithm import learner_module
 from maestro.rl.checkpoints import restore_algorithm
+from maestro.rl.evaluate import EVAL_SEED_OFFSET, evaluate_agent
+from maestro.rl.training import ALGORITHM, TrainingConfig, algorithm_config, train_agent
 from maestro.run import progress_bar
 from maestro.tracking import Tracker
 
@@ -104,9 +104,10 @@ def local_ray():
 # ---------------------------------------------------------------- connector
 
 
-def played_game(steps: int, seed: int) -> dict:
-    """A real NetHack game with random actions: observations, actions, rewards."""
-    env = make_env("score", seed=seed, max_episode_steps=10_000)
+def played_game(steps: int, seed: int, env=None) -> dict:
+    """A real NetHack game with random actions: observations, actions, rewards; `env`
+    (by default the score task's) is closed after the game."""
+    env = env or make_env("score", seed=seed, max_episode_steps=10_000)
     rng = np.random.default_rng(seed)
     observation, _ = env.reset()
     game = {"space": (env.observation_space, env.action_space), "obs": [observation]}
@@ -254,7 +255,7 @@ def test_module_acts_and_evaluation_measures_match_the_games(core):
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
 
-    from maestro.methods.motif.agent import NetHackRLModule, module_spec
+    from maestro.rl.agent import NetHackRLModule, module_spec
 
     env = make_env("score")
     spec = module_spec(AgentConfig(core=core), rollout_fragment_length=16)

@@ -412,13 +412,13 @@ def test_motif_reward_model_is_a_logged_model_of_its_run(tmp_path, monkeypatch):
     import mlflow.pyfunc
     import torch
 
-    from maestro.methods.motif.reward_model import (
+    from maestro.feedback.reward_model import (
         CaptionRewardNet,
         Normalisation,
         RewardModel,
         RewardModelConfig,
     )
-    from maestro.methods.motif.stages import log_reward_model
+    from maestro.feedback.stages import log_reward_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from maestro.errors import SignatureError
-from maestro.methods.motif.train import ALGORITHM, load_stored_agent
+from maestro.rl.training import ALGORITHM, load_stored_agent
 from maestro.run import SIGNATURE_FILE, STATE_FILE, checkpoint_files, read_checkpoint
 from maestro.signing import KEY_PATH_ENV, check, sign
 from maestro.store import open_store

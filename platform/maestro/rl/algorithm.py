@@ -4,6 +4,7 @@ fragments, v-trace) or PPO on a NetHack task, from the settings a spec gives
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,15 +71,21 @@ def rllib_config(
     module_spec: RLModuleSpec,
     learner_class: type | None = None,
     learner_config: dict[str, Any] | None = None,
+    env_creator: tuple[str, Callable[[dict[str, Any]], Any]] = (ENV_NAME, make_training_env),
+    env_config: dict[str, Any] | None = None,
+    callbacks: type = EpisodeStatsCallback,
 ) -> AlgorithmConfig:
     """RLlib's APPO or PPO config on the new API stack for `task`, acting with
     `module_spec`; `learner_class` (None: RLlib's torch learner of the algorithm) gets
     `learner_config` as its `config.learner_config_dict`. `epoch` counts the run's resumes:
-    the env runners' games come from (seed, epoch), see `env.make_training_env`."""
+    the env runners' games come from (seed, epoch), see `env.make_training_env`.
+    `env_creator` (a name and a function of the env config) makes the envs, with
+    `env_config` added to the config it gets; `callbacks` sums their episodes' measures."""
     from ray.tune.registry import register_env
 
     # Registered in Ray's global registry, so env runners in other processes find it.
-    register_env(ENV_NAME, make_training_env)
+    env_name, creator = env_creator
+    register_env(env_name, creator)
     if config.algorithm == "appo":
         from ray.rllib.algorithms.appo import APPOConfig
 
@@ -107,12 +114,13 @@ def rllib_config(
         algo.api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .framework("torch")
         .environment(
-            env=ENV_NAME,
+            env=env_name,
             env_config={
                 "task": task,
                 "max_episode_steps": config.max_episode_steps,
                 "seed": seed,
                 "epoch": epoch,
+                **(env_config or {}),
             },
         )
         .env_runners(
@@ -155,7 +163,7 @@ def rllib_config(
             **algo_training,
         )
         .rl_module(rl_module_spec=module_spec)
-        .callbacks(EpisodeStatsCallback)
+        .callbacks(callbacks)
         .reporting(
             min_time_s_per_iteration=config.min_iteration_seconds,
             min_sample_timesteps_per_iteration=config.min_iteration_env_steps,

@@ -28,17 +28,23 @@ class IgnoreResetSeed(gym.Wrapper):
 _envs_created = 0
 
 
-def make_training_env(env_config: dict[str, Any]) -> gym.Env:
-    """RLlib's env creator: the task's deterministic env with `EpisodeStats`. The games
-    come from (seed, resume epoch, worker index, creation order in the process), so a
-    rerun replays them and a resumed run plays new ones."""
+def training_env_seed(env_config: dict[str, Any]) -> int:
+    """The seed of the next env an env creator makes: from (seed, resume epoch, worker
+    index, creation order in the process), so a rerun replays the games and a resumed run
+    plays new ones."""
     global _envs_created
     worker = int(getattr(env_config, "worker_index", 0))
     root = np.random.SeedSequence([env_config["seed"], env_config["epoch"], worker, _envs_created])
     _envs_created += 1
+    return int(root.generate_state(1)[0])
+
+
+def make_training_env(env_config: dict[str, Any]) -> gym.Env:
+    """RLlib's env creator: the task's deterministic env with `EpisodeStats`, seeded by
+    `training_env_seed`."""
     env = make_env(
         env_config["task"],
-        seed=int(root.generate_state(1)[0]),
+        seed=training_env_seed(env_config),
         max_episode_steps=env_config["max_episode_steps"],
     )
     return IgnoreResetSeed(EpisodeStats(env))

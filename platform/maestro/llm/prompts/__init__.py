@@ -3,7 +3,7 @@
 A prompt file holds a `version` id, a `system` message, the free-form `user` template, the
 constrained-choice `direct_user` template with its `choices` (answer text -> label), the
 `retry` message (sent after an answer that could not be read, asking for the final answer
-in the required format), and `tasks`: per task a `modifier` (the sentence that steers the
+in the required format), and `tasks` (optional): per task a `modifier` (the sentence that steers the
 language model; it may be empty) and a `goal` (what the embedding backend compares captions
 with). Templates
 name their fields in braces: `{modifier}`, `{caption_1}`, `{caption_2}`; any other brace is
@@ -144,8 +144,9 @@ def load_prompt_set(name: str = "motif") -> PromptSet:
         or any(label not in VALID_LABELS for label in choices.values())
     ):
         raise PromptError(f"{where}: `choices` must map answer texts to labels 0, 1 or 2")
-    tasks_raw = raw.get("tasks")
-    if not isinstance(tasks_raw, dict) or not tasks_raw:
+    # A prompt whose tasks come from elsewhere (MaestroMotif's skills file) has none.
+    tasks_raw = raw.get("tasks", {})
+    if not isinstance(tasks_raw, dict):
         raise PromptError(f"{where}: `tasks` must map task names to modifier and goal")
     tasks = {}
     for task_name, body in tasks_raw.items():

@@ -4,25 +4,28 @@ Klissarov, D'Oro et al., "Motif: Intrinsic Motivation from Artificial Intelligen
 Feedback", 2023 (arXiv:2310.00166); what Maestro runs of it: `docs/methods/motif.md`.
 
 An experiment prepares once (stages 1-3, stored under its folder and skipped when already
-done), then trains one agent per trial (stage 4: each seed of each arm of `trials:`):
+done), then trains one agent per trial (stage 4: each seed of each arm of `trials:`). The
+machinery is shared with MaestroMotif: `maestro.feedback` (modules named below) and
+`maestro.rl` (the agent, `training` and `evaluate`).
 
 1. `collect`: rollout actors play NetHack and store captions (message lines) with the
-   observation fields needed to reuse the data (`collect.py`).
+   observation fields needed to reuse the data (`collect`).
 2. `annotate`: caption pairs are drawn (uniformly from the dataset, as in Motif), merged
    into distinct questions (a pair and its mirror are one), and answered by the annotator
-   pool (`pairs.py`, `annotation.py`); answers land batch by batch in the preference store
-   (`preferences.py`).
-3. `reward`: a caption reward model (`reward_model.py`) is trained with the Bradley-Terry
+   pool (`pairs`, `annotation`); answers land batch by batch in the preference store
+   (`preferences`).
+3. `reward`: a caption reward model (`reward_model`) is trained with the Bradley-Terry
    loss on the valid labels and saved with its normalisation and threshold
-   (`reward_training.py`), and logged to MLflow as a model (`mlflow_model.py`).
-4. `train`, the trial: an RLlib agent (`agent.py`; APPO or PPO) plays the task on
-   `a1 * r_int + a2 * clip(scale * r_env, -clip, clip)` (`intrinsic.py`), the intrinsic
-   reward computed on the learner (`intrinsic_connector.py`); its checkpoints are the
+   (`reward_training`), and logged to MLflow as a model (`mlflow_model`).
+4. `train`, the trial: an RLlib agent (`maestro.rl.agent`; APPO or PPO) plays the task on
+   `a1 * r_int + a2 * clip(scale * r_env, -clip, clip)` (`intrinsic`), the intrinsic
+   reward computed on the learner (`intrinsic_connector`); its checkpoints are the
    trial's, so a killed experiment continues each agent from its last one; at the end the
-   agent is evaluated on fresh games of the task (`train.py`, `evaluate.py`, on the RLlib glue of
-   `maestro.rl`).
+   agent is evaluated on fresh games of the task (`maestro.rl.training`,
+   `maestro.rl.evaluate`).
 
-The spec's `config:` block is `MotifConfig` (`config.py`); the stages are in `stages.py`.
+The spec's `config:` block is `MotifConfig` (`config.py`); the stages are in
+`maestro.feedback.stages` and, Motif's own parts, `stages.py`.
 
 `stages:` in the spec chooses which run (e.g. `jobs/motif/annotate.yaml` stops after 2).
 With `reward_model_from:` (a finished run's folder) only `train` runs, on that run's reward
@@ -43,20 +46,18 @@ import dataclasses
 from typing import Any
 
 import maestro.rl  # noqa: F401  (first: settles Ray's auth mode before RLlib is imported)
+from maestro.feedback.stages import PREPARED, stage_collect, stage_reward
 from maestro.methods import Method
 from maestro.methods.motif.config import MotifConfig
 from maestro.methods.motif.stages import (
-    PREPARED,
     PROBES,
     intrinsic_threshold,
     plot_returns,
     probe_rewards,
     stage_annotate,
-    stage_collect,
-    stage_reward,
     stored_reward_model,
 )
-from maestro.methods.motif.train import train_agent
+from maestro.rl.training import train_agent, trial_resources
 from maestro.spec import build_spec, trial_data
 
 
@@ -140,17 +141,6 @@ def trial(ctx) -> dict[str, float]:
         threshold=intrinsic_threshold(cfg, dataset, model) if model else None,
     )
     return {"env_steps": result.env_steps, **result.eval}
-
-
-def trial_resources(cfg: MotifConfig) -> Any:
-    """RLlib's own request for the trial's algorithm: the learner (with its GPU) in the
-    trial's process, and one bundle per env runner; one CPU without `train`."""
-    from maestro.methods.motif.train import algorithm_config
-
-    if "train" not in cfg.stages:
-        return {"cpu": 1}
-    config = algorithm_config(cfg.task, cfg.train, seed=0, epoch=0, settings=None)
-    return config.algo_class.default_resource_request(config)
 
 
 METHOD = Method(

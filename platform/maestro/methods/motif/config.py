@@ -7,13 +7,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from maestro.envs.nethack import get_task
+from maestro.feedback.annotation import AnnotationServiceConfig
+from maestro.feedback.collect import CollectConfig, collect_on_the_task
+from maestro.feedback.intrinsic import IntrinsicRewardConfig
+from maestro.feedback.pairs import PairSamplingConfig
+from maestro.feedback.reward_training import RewardTrainingConfig
 from maestro.llm import AnnotatorConfig, load_prompt_set
-from maestro.methods.motif.annotation import AnnotationServiceConfig
-from maestro.methods.motif.collect import CollectConfig
-from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
-from maestro.methods.motif.pairs import PairSamplingConfig
-from maestro.methods.motif.reward_training import RewardTrainingConfig
-from maestro.methods.motif.train import TrainingConfig
+from maestro.rl.training import TrainingConfig
 
 Stage = Literal["collect", "annotate", "reward", "train"]
 STAGES: tuple[str, ...] = ("collect", "annotate", "reward", "train")
@@ -47,12 +47,7 @@ class MotifConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _collect_on_the_task(cls, data: dict) -> dict:
-        """The dataset is collected on the run's task unless `collect.task` says otherwise."""
-        if isinstance(data, dict) and isinstance(data.get("collect", {}), dict):
-            collect_block = dict(data.get("collect") or {})
-            collect_block.setdefault("task", data.get("task", "score"))
-            data = {**data, "collect": collect_block}
-        return data
+        return collect_on_the_task(data)
 
     @model_validator(mode="after")
     def _check(self) -> MotifConfig:

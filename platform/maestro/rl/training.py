@@ -2,13 +2,13 @@
 
 `train_agent(...)` builds APPO (default) or PPO (`maestro.rl.algorithm`) with the NetHack
 agent (`agent.py`) and, given a reward model, the learners that put the intrinsic reward
-in (`intrinsic_connector.py`), on a task of `envs/nethack.py`; it trains until
+in (`maestro.feedback.intrinsic_connector`), on a task of `envs/nethack.py`; it trains until
 `config.env_steps` env steps and logs through its trial (`TrialContext.log`) with step =
 env steps:
 
 - train/intrinsic_return, train/learner_extrinsic_return: per-episode means over the
   episodes whose last fragment the learner shaped in the iteration (the connector, see
-  `intrinsic_connector.py`), and train/intrinsic_reward_per_step;
+  `maestro.feedback.intrinsic_connector`), and train/intrinsic_reward_per_step;
 - train/extrinsic_return, train/score, train/depth, train/distinct_messages,
   train/length: per-episode means over the episodes the env runners finished in
   the iteration (`EpisodeStats`, `maestro.rl.results`);
@@ -30,6 +30,8 @@ one it copied) is restored and training continues from its env step count.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,25 +39,25 @@ import torch
 from pydantic import Field
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
-from maestro.methods.motif.agent import AgentConfig, module_spec
-from maestro.methods.motif.evaluate import (
-    EVAL_SEED_OFFSET,
-    EpisodeRecord,
-    eval_metrics,
-    evaluate_with_progress,
-)
-from maestro.methods.motif.intrinsic import IntrinsicRewardConfig
-from maestro.methods.motif.intrinsic_connector import (
+from maestro.feedback.intrinsic import IntrinsicRewardConfig
+from maestro.feedback.intrinsic_connector import (
     MAXIMA,
     IntrinsicRewardAPPOLearner,
     IntrinsicRewardPPOLearner,
     intrinsic_metrics,
     learner_settings,
 )
-from maestro.methods.motif.reward_model import RewardModel
+from maestro.feedback.reward_model import RewardModel
 from maestro.metrics import LearnerMetrics, RolloutMetrics
+from maestro.rl.agent import AgentConfig, module_spec
 from maestro.rl.algorithm import RLlibConfig, learner_module, rllib_config
 from maestro.rl.checkpoints import LoopState, algorithm_bytes, restore_algorithm
+from maestro.rl.evaluate import (
+    EVAL_SEED_OFFSET,
+    EpisodeRecord,
+    eval_metrics,
+    evaluate_with_progress,
+)
 from maestro.rl.results import iteration_metrics, learner_stats, sampled_env_steps
 
 ALGORITHM = "algorithm.tar"  # the checkpoint entry holding `algorithm_bytes`
@@ -103,9 +105,12 @@ def algorithm_config(
     seed: int,
     epoch: int,
     settings: dict[str, Any] | None,
+    **env: Any,
 ) -> AlgorithmConfig:
-    """RLlib's APPO or PPO config for `task` with Motif's agent and learners; `settings`
-    (`learner_settings`) turns the intrinsic reward on, None trains on the env reward."""
+    """RLlib's APPO or PPO config for `task` with the NetHack agent and the learners of
+    `maestro.feedback`; `settings` (`learner_settings`) turns the intrinsic reward on, None
+    trains on the env reward; `env` goes to `rllib_config` (MaestroMotif: its env creator,
+    env config and callbacks)."""
     return rllib_config(
         task,
         config,
@@ -114,7 +119,20 @@ def algorithm_config(
         module_spec=module_spec(config.agent, config.rollout_fragment_length),
         learner_class=LEARNERS[config.algorithm],
         learner_config=settings,
+        **env,
     )
+
+
+def trial_resources(method_config: Any) -> Any:
+    """What a trial of a method that trains this agent reserves (its config's `task`,
+    `train` and `stages`): RLlib's own request for the algorithm, the learner (with its GPU)
+    in the trial's process and one bundle per env runner (the same whatever the reward);
+    one CPU without the `train` stage."""
+    if "train" not in method_config.stages:
+        return {"cpu": 1}
+    task, config = method_config.task, method_config.train
+    algo_config = algorithm_config(task, config, seed=0, epoch=0, settings=None)
+    return algo_config.algo_class.default_resource_request(algo_config)
 
 
 # ---------------------------------------------------------------- loop
@@ -167,18 +185,57 @@ def train_agent(
     with eps = `threshold` (None: the model's own); without it, on the env reward. Throughput and
     returns also go to Prometheus labelled `run_name`. Ray must be up
     (`maestro.runtime.init_ray`)."""
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
     settings = None
     if reward_model is not None:
         settings = learner_settings(reward_model, intrinsic or IntrinsicRewardConfig(), threshold)
+    with trained_algorithm(
+        lambda epoch: algorithm_config(task, config, seed, epoch, settings),
+        task,
+        config,
+        trial=trial,
+        run_name=run_name,
+    ) as (algo, state, resumed_from):
+        games = {
+            "task": task,
+            "episodes": config.eval_episodes,
+            "seed": seed + EVAL_SEED_OFFSET,
+            "max_episode_steps": config.eval_max_episode_steps or config.max_episode_steps,
+        }
+        progress = trial.progress
+        records = evaluate_with_progress(learner_module(algo), games, progress, "evaluate agent")
+        figures = eval_metrics(records, task)
+        # The same games played by uniformly random actions: what the agent learned beyond chance.
+        random_play = evaluate_with_progress(None, games, progress, "evaluate random play")
+        baseline = eval_metrics(random_play, task, prefix="eval_random")
+        figures.update(baseline)
+        trial.log(figures, step=state.env_steps)
+        return TrainingResult(state.env_steps, state.iterations, resumed_from, figures, records)
+
+
+@contextmanager
+def trained_algorithm(
+    build: Callable[[int], AlgorithmConfig],
+    task: str,
+    config: RLlibConfig,
+    *,
+    trial: Trial,
+    run_name: str,
+    extra_metrics: Callable[[dict[str, Any]], dict[str, float]] | None = None,
+) -> Iterator[tuple[Any, LoopState, int | None]]:
+    """The training loop (module docs), shared by Motif and MaestroMotif: builds the
+    algorithm with `build(resumes)`, continues from the trial's checkpoint, trains until
+    `config.env_steps` with a log and a checkpoint per iteration as the module docs say
+    (`extra_metrics(result)` adds the method's own), then yields (the algorithm, the loop's
+    state, the env steps it resumed from or None) for evaluation, and stops the algorithm."""
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     saved = trial.restore()
     state = LoopState(**saved["loop"]) if saved else LoopState()
     resumed_from = state.env_steps if saved else None
     if saved:
         state.resumes += 1
     rollouts, learners = RolloutMetrics(run_name, task), LearnerMetrics(run_name)
-    algo = algorithm_config(task, config, seed, state.resumes, settings).build_algo()
+    algo = build(state.resumes).build_algo()
     try:
         if saved:
             restore_algorithm(algo, saved[ALGORITHM])
@@ -196,6 +253,8 @@ def train_agent(
                 learner = learner_stats(algo, maxima=MAXIMA)
                 metrics = iteration_metrics(result, learner, steps, seconds)
                 metrics.update(intrinsic_metrics(learner))
+                if extra_metrics is not None:
+                    metrics.update(extra_metrics(result))
                 # A trial restored from this checkpoint logs on from this step.
                 if (
                     state.iterations % config.checkpoint_every == 0
@@ -215,20 +274,6 @@ def train_agent(
                 )
                 advance(bar, steps)
         bar.close()
-        games = {
-            "task": task,
-            "episodes": config.eval_episodes,
-            "seed": seed + EVAL_SEED_OFFSET,
-            "max_episode_steps": config.eval_max_episode_steps or config.max_episode_steps,
-        }
-        progress = trial.progress
-        records = evaluate_with_progress(learner_module(algo), games, progress, "evaluate agent")
-        figures = eval_metrics(records, task)
-        # The same games played by uniformly random actions: what the agent learned beyond chance.
-        random_play = evaluate_with_progress(None, games, progress, "evaluate random play")
-        baseline = eval_metrics(random_play, task, prefix="eval_random")
-        figures.update(baseline)
-        trial.log(figures, step=state.env_steps)
-        return TrainingResult(state.env_steps, state.iterations, resumed_from, figures, records)
+        yield algo, state, resumed_from
     finally:
         algo.stop()

@@ -132,6 +132,16 @@ class CollectConfig(BaseModel):
         }
 
 
+def collect_on_the_task(data: dict) -> dict:
+    """A config block's data whose dataset is collected on its task unless `collect.task`
+    says otherwise."""
+    if isinstance(data, dict) and isinstance(data.get("collect", {}), dict):
+        collect_block = dict(data.get("collect") or {})
+        collect_block.setdefault("task", data.get("task", "score"))
+        data = {**data, "collect": collect_block}
+    return data
+
+
 class Policy(Protocol):
     """What a rollout actor asks of a policy. `observation` holds NLE's arrays (valid until
     the next step); `reset` starts an episode with a seed derived from the shard's."""
@@ -179,9 +189,9 @@ class CheckpointPolicy:
     key: str
 
     def __call__(self, num_actions: int) -> Policy:
-        from maestro.methods.motif.evaluate import AgentPolicy
-        from maestro.methods.motif.train import load_stored_agent
         from maestro.rl.checkpoints import learner_rl_module
+        from maestro.rl.evaluate import AgentPolicy
+        from maestro.rl.training import load_stored_agent
 
         agent = load_stored_agent(open_store(self.store_uri), self.key)
         return AgentPolicy(learner_rl_module(agent))
@@ -506,7 +516,7 @@ def collect(
         )
     plan = config.plan(seed)
     if config.policy == "checkpoint":
-        from maestro.methods.motif.train import stored_agent
+        from maestro.rl.training import stored_agent
 
         try:
             key = stored_agent(store, config.checkpoint)

@@ -8,7 +8,8 @@ Four parts (the paper's agent: `screen: crop`, `core: gru`; docs/methods/motif.m
 - message encoder: the 256-byte message line as byte embeddings, a 1-d convolution and a
   mean over the message's non-NUL bytes;
 - bottom-line stats: the 27 `blstats` numbers, log-scaled (they span 0..10^6), through an
-  MLP;
+  MLP; where the observation has a `skill` (MaestroMotif's active skill, an index), its
+  one-hot joins the stats, as in MaestroMotif's network;
 - core: the three codes concatenated and projected, then a recurrent core, an LSTM
   (`core: lstm`) or the paper's GRU (`core: gru`), through RLlib's stateful-module support
   (`max_seq_len` steps per training sequence), or an MLP (`core: mlp`, no state).
@@ -148,9 +149,10 @@ def lookup(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
 class NetHackTrunk(nn.Module):
     """Screen, message and stats encoders plus the core: observations -> features."""
 
-    def __init__(self, config: AgentConfig, blstats_size: int):
+    def __init__(self, config: AgentConfig, blstats_size: int, num_skills: int = 0):
         super().__init__()
         self.config = config
+        self.num_skills = num_skills
         cells = 256 * (NUM_COLORS if config.use_colors else 1)
         self.cells = nn.Embedding(cells, config.char_embedding_dim)
         screen_in = config.char_embedding_dim
@@ -177,7 +179,7 @@ class NetHackTrunk(nn.Module):
         )
 
         self.blstats = nn.Sequential(
-            nn.Linear(blstats_size, config.blstats_dim),
+            nn.Linear(blstats_size + num_skills, config.blstats_dim),
             nn.ELU(),
             nn.Linear(config.blstats_dim, config.blstats_dim),
             nn.ELU(),
@@ -214,7 +216,11 @@ class NetHackTrunk(nn.Module):
         pooled = (conv * present).sum(-1) / present.sum(-1).clamp(min=1.0)
         message_code = self.message_head(pooled)
 
-        stats = self.blstats(signed_log(obs["blstats"].float()))
+        stats = signed_log(obs["blstats"].float())
+        if self.num_skills:
+            skill = nn.functional.one_hot(obs["skill"].long(), self.num_skills)
+            stats = torch.cat([stats, skill.float()], dim=-1)
+        stats = self.blstats(stats)
         return self.fuse(torch.cat([screen, message_code, stats], dim=-1))
 
     def forward(
@@ -242,7 +248,9 @@ class NetHackRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI):
     def setup(self) -> None:
         self.agent_config = AgentConfig(**self.model_config[AGENT_KEY])
         blstats_size = self.observation_space["blstats"].shape[0]
-        self.trunk = NetHackTrunk(self.agent_config, blstats_size)
+        skill_space = self.observation_space.spaces.get("skill")
+        num_skills = int(skill_space.n) if skill_space is not None else 0
+        self.trunk = NetHackTrunk(self.agent_config, blstats_size, num_skills)
         self.pi = nn.Linear(self.agent_config.core_dim, self.action_space.n)
         self.vf = nn.Linear(self.agent_config.core_dim, 1)
 

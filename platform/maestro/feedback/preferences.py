@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maestro.methods.motif.pairs import Question
+from maestro.feedback.pairs import Question
 from maestro.store import ArtifactStore
 
 SCHEMA = pa.schema(

@@ -4,7 +4,8 @@ MaestroMotif has a language model write small Python functions per skill: an ini
 a termination function (features in, a bool out) and a policy over skills (features in, a
 skill name or index out). That code is untrusted data. `compile_skill_code(source,
 functions)` checks it and returns a `SkillCode`; `SkillSandbox(skill_code)` runs its
-functions in a worker process, one call at a time.
+functions in a worker process, one call (`call`) or one batch of calls (`call_many`) at a
+time.
 
 What the code may contain:
 - At module level only function definitions, constant assignments (`NAME = literal`, where
@@ -26,9 +27,12 @@ list and tuple), and writes items only into lists, dicts and sets. The result mu
 plain value: a bool, int, float, None, or a str of at most `MAX_RESULT_CHARS` characters.
 
 Limits: in the worker, the address space may grow by `memory_limit_mb` (default 512 MiB)
-past its size when it started, and Python's recursion limit is `recursion_limit` (default
-200); in the caller, a call that has not answered after `timeout_s` (default 0.5 s) has its
-worker killed, and a fresh worker with the same code serves the next call.
+past its size when it started, Python's recursion limit is `recursion_limit` (default 200),
+and a call still running after `timeout_s` (default 0.5 s) is interrupted by a timer (the
+other calls of its batch go on). Code the timer cannot stop (it catches the interruption,
+or sits in one long C operation) is the caller's to stop: a call, or a batch of n calls,
+that has not answered `TIMER_SLACK_S` after its `timeout_s` (n x `timeout_s`) has its worker
+killed, and a fresh worker with the same code serves the next call.
 
 Failures: a call that breaks a rule or a limit, raises, or returns anything but a plain value
 raises `SkillCallFailed`, whose message is one line saying why: "timed out after 0.5 s",
@@ -63,6 +67,8 @@ from RestrictedPython import compile_restricted
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 
 CALL_TIMEOUT_S = 0.5
+# How long past its time limit the caller waits for a call the worker's timer should stop.
+TIMER_SLACK_S = 0.5
 MEMORY_LIMIT_MB = 512
 RECURSION_LIMIT = 200
 # Starting a worker (a Python process and a few imports) is not part of a call's time.
@@ -269,6 +275,13 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
         raise TypeError(f"{where} is of type {type(value).__name__}, not a plain value")
 
 
+def plain_copy(features: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `features` to send, TypeError if it holds anything but plain values."""
+    features = dict(features)
+    check_plain(features, "features")
+    return features
+
+
 class SkillSandbox:
     """Calls the functions of one `SkillCode` (from `compile_skill_code`) in a worker
     process, under the limits in the module docstring. One call at a time: not thread-safe.
@@ -300,14 +313,11 @@ class SkillSandbox:
 
     def call(self, function: str, features: Mapping[str, Any]) -> Any:
         """`function(features)`: its plain result, or `SkillCallFailed` with the reason."""
-        if function not in self.skill_code.functions:
-            raise ValueError(f"{function!r} is not one of {self.skill_code.functions}")
-        features = dict(features)
-        check_plain(features, "features")
+        function, features = self._checked_function(function), plain_copy(features)
         self._wait_until_ready()
         try:
             self._connection.send((function, features))
-            if not self._connection.poll(self.timeout_s):
+            if not self._connection.poll(self.timeout_s + TIMER_SLACK_S):
                 self._restart_worker()
                 raise SkillCallFailed(f"timed out after {self.timeout_s:g} s")
             status, value = self._connection.recv()
@@ -318,6 +328,43 @@ class SkillSandbox:
         if status == FAILED:
             raise SkillCallFailed(value)
         return value
+
+    def call_many(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+        """Each `function(features)` of `calls` in one round trip to the worker (a round
+        trip costs more than a call of short code): a list with, per call, its plain
+        result or the `SkillCallFailed` it failed with. When the worker does not answer in
+        time (module docstring), it is replaced and each call is run again on its own
+        (`call`), so the failure is pinned on the call that took the time."""
+        # Calls usually share their features: each distinct dict is checked and copied once.
+        copies: dict[int, dict[str, Any]] = {}
+        checked = []
+        for function, features in calls:
+            if id(features) not in copies:
+                copies[id(features)] = plain_copy(features)
+            checked.append((self._checked_function(function), copies[id(features)]))
+        self._wait_until_ready()
+        try:
+            self._connection.send(checked)
+            if not self._connection.poll(self.timeout_s * len(checked) + TIMER_SLACK_S):
+                self._restart_worker()
+                return [self._outcome(function, features) for function, features in checked]
+            answers = self._connection.recv()
+        except (EOFError, OSError):
+            exit_code = self._stop_worker()
+            self._start_worker()
+            return [SkillCallFailed(f"the worker died (exit code {exit_code})")] * len(checked)
+        return [SkillCallFailed(value) if status == FAILED else value for status, value in answers]
+
+    def _checked_function(self, function: str) -> str:
+        if function not in self.skill_code.functions:
+            raise ValueError(f"{function!r} is not one of {self.skill_code.functions}")
+        return function
+
+    def _outcome(self, function: str, features: dict[str, Any]) -> Any:
+        try:
+            return self.call(function, features)
+        except SkillCallFailed as failure:
+            return failure
 
     def close(self) -> None:
         """Stop the worker; calling again does nothing."""
@@ -333,7 +380,9 @@ class SkillSandbox:
         )
         worker_end.close()  # so that a dead worker reads as EOF here
         self._connection = parent_end
-        self._connection.send((self.skill_code.source, self.memory_limit_mb, self.recursion_limit))
+        self._connection.send(
+            (self.skill_code.source, self.memory_limit_mb, self.recursion_limit, self.timeout_s)
+        )
         self._ready = False
 
     def _wait_until_ready(self) -> None:
@@ -367,21 +416,35 @@ class SkillSandbox:
 
 
 def worker_main(connection: Connection) -> None:
-    """The worker process: read (source, memory_limit_mb, recursion_limit), compile the
-    source, set the limits, say it is ready, then answer each (function, features) with
-    (ANSWERED, result) or (FAILED, reason) until the caller closes the connection."""
+    """The worker process: read (source, memory_limit_mb, recursion_limit, timeout_s),
+    compile the source, set the limits, say it is ready, then answer each (function,
+    features) with (ANSWERED, result) or (FAILED, reason), and each list of them with a
+    list of those, until the caller closes the connection."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides when the worker stops
-    source, memory_limit_mb, recursion_limit = connection.recv()
+    source, memory_limit_mb, recursion_limit, timeout_s = connection.recv()
     _, code = restricted_compile(source)
     limit_memory(memory_limit_mb)
     sys.setrecursionlimit(recursion_limit)
+    signal.signal(signal.SIGALRM, interrupt_call)
     connection.send(READY)
     while True:
         try:
-            function, features = connection.recv()
-        except EOFError:
+            request = connection.recv()
+        except (EOFError, OSError):  # the caller is gone
             return
-        connection.send(run_call(code, function, features))
+        if isinstance(request, list):  # call_many
+            connection.send([run_call(code, *call, timeout_s) for call in request])
+        else:
+            connection.send(run_call(code, *request, timeout_s))
+
+
+class CallTimedOut(BaseException):
+    """A call ran past its time limit (a BaseException: `except Exception` in the skill
+    code does not catch it)."""
+
+
+def interrupt_call(signum: int, frame: Any) -> None:
+    raise CallTimedOut
 
 
 def limit_memory(memory_limit_mb: int) -> None:
@@ -395,14 +458,22 @@ def limit_memory(memory_limit_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def run_call(code: CodeType, function: str, features: dict[str, Any]) -> tuple[str, Any]:
-    """Run the module `code` in a fresh namespace and call `function(features)` there."""
+def run_call(
+    code: CodeType, function: str, features: dict[str, Any], timeout_s: float
+) -> tuple[str, Any]:
+    """Run the module `code` in a fresh namespace and call `function(features)` there,
+    interrupted after `timeout_s`."""
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
         namespace = restricted_namespace()
         exec(code, namespace)
         result = namespace[function](features)
+    except CallTimedOut:
+        return FAILED, f"timed out after {timeout_s:g} s"
     except Exception as error:
         return FAILED, describe(error)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     if type(result) not in PLAIN_SCALARS:
         return FAILED, f"returned a {type(result).__name__}, not a plain value"
     if type(result) is str and len(result) > MAX_RESULT_CHARS:

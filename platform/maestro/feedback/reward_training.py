@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from maestro.methods.motif.reward_model import (
+from maestro.feedback.reward_model import (
     CaptionRewardNet,
     Normalisation,
     RewardModel,

@@ -2,7 +2,8 @@
 games'), sampling its actions, and the same games are played with uniformly random actions
 for comparison; each game is measured with `EpisodeStats` (`envs/nethack.py`), as in
 training, so training and evaluation figures mean the same. `AgentPolicy` (an agent playing
-one observation at a time) also collects datasets from a trained agent (`collect.py`)."""
+one observation at a time) also collects datasets from a trained agent
+(`maestro.feedback.collect`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 
-from maestro.envs.nethack import AGENT_OBSERVATION_KEYS, EPISODE_FIELDS, EpisodeStats, make_env
-from maestro.methods.motif.collect import RandomPolicy
+from maestro.envs.nethack import EPISODE_FIELDS, EpisodeStats, make_env
+from maestro.feedback.collect import RandomPolicy
 
 # Evaluation games come from seed + this, never from the training games' seeds.
 EVAL_SEED_OFFSET = 1_000_003
@@ -41,6 +42,8 @@ class AgentPolicy:
     def __init__(self, module):
         self.module = module
         self.recurrent = module.is_stateful()
+        # The keys the module was built for (MaestroMotif's agent also reads `skill`).
+        self.keys = tuple(module.observation_space.spaces)
         self.reset(0)
 
     def reset(self, seed: int) -> None:
@@ -51,7 +54,7 @@ class AgentPolicy:
 
     @torch.no_grad()
     def act(self, observation: dict[str, np.ndarray]) -> int:
-        obs = {k: torch.from_numpy(np.array(observation[k]))[None] for k in AGENT_OBSERVATION_KEYS}
+        obs = {k: torch.from_numpy(np.array(observation[k]))[None] for k in self.keys}
         if self.recurrent:
             obs = {k: v[:, None] for k, v in obs.items()}
         out = self.module.forward_exploration({Columns.OBS: obs, Columns.STATE_IN: self.state})
@@ -68,12 +71,16 @@ def evaluate_agent(
     max_episode_steps: int,
     on_step: Callable[[dict[str, np.ndarray]], None] | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
+    make_game_env: Callable[..., Any] | None = None,
 ) -> list[EpisodeRecord]:
     """Play `episodes` fresh games of `task` (deterministic given `seed`), sampling
     actions from the policy (`AgentPolicy`). `module` None plays uniformly random actions:
     the baseline on the same games. `on_step` sees each observation, `on_episode` each
-    finished episode's record."""
-    env = EpisodeStats(make_env(task, seed=seed, max_episode_steps=max_episode_steps))
+    finished episode's record. `make_game_env(task, seed, max_episode_steps)` builds the
+    env played instead of `EpisodeStats(make_env(...))` (MaestroMotif: with its skill
+    layer); its info must carry `EpisodeStats`'s episode measures."""
+    make_game_env = make_game_env or (lambda *game: EpisodeStats(make_env(*game)))
+    env = make_game_env(task, seed, max_episode_steps)
     policy = RandomPolicy(int(env.action_space.n)) if module is None else AgentPolicy(module)
     records = []
     for _ in range(episodes):

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from maestro.methods.motif.collect import CaptionCounts
+from maestro.feedback.collect import CaptionCounts
 
 
 class PairSamplingConfig(BaseModel):

@@ -39,8 +39,8 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 
 from maestro.envs.nethack import captions
-from maestro.methods.motif.intrinsic import IntrinsicReward, IntrinsicRewardConfig, combine
-from maestro.methods.motif.reward_model import RewardModel
+from maestro.feedback.intrinsic import IntrinsicReward, IntrinsicRewardConfig, combine
+from maestro.feedback.reward_model import RewardModel
 from maestro.rl.results import finite
 
 # Where the connector's settings travel in `config.learner_config_dict`.
@@ -128,25 +128,30 @@ class FragmentShaper:
 
 class IntrinsicRewardConnector(ConnectorV2):
     """Learner connector piece: rewards <- Motif's combination (see module docs);
-    `intrinsic` is an `IntrinsicRewardConfig` as a dict, `threshold` eps (None: the
-    reward model's own)."""
+    `intrinsic` is an `IntrinsicRewardConfig` as a dict; the rest goes to
+    `intrinsic_reward`: `reward_model` (`RewardModel.to_bytes`) and `threshold` eps (None:
+    the reward model's own)."""
 
     def __init__(
         self,
         input_observation_space=None,
         input_action_space=None,
         *,
-        reward_model: bytes,
         intrinsic: dict[str, Any],
-        threshold: float | None = None,
-        **kwargs: Any,
+        **reward: Any,
     ):
-        super().__init__(input_observation_space, input_action_space, **kwargs)
-        model = RewardModel.from_bytes(reward_model)
+        super().__init__(input_observation_space, input_action_space)
         mix = IntrinsicRewardConfig.model_validate(intrinsic)
-        eps = model.norm.threshold if threshold is None else threshold
-        self.shaper = FragmentShaper(IntrinsicReward(model.normalised, eps, mix.beta), mix)
+        self.shaper = FragmentShaper(self.intrinsic_reward(mix, **reward), mix)
         self.totals: Counter = Counter()
+
+    def intrinsic_reward(
+        self, mix: IntrinsicRewardConfig, *, reward_model: bytes, threshold: float | None = None
+    ) -> IntrinsicReward:
+        """r_int of captions: the model's normalised reward, thresholded at eps."""
+        model = RewardModel.from_bytes(reward_model)
+        eps = model.norm.threshold if threshold is None else threshold
+        return IntrinsicReward(model.normalised, eps, mix.beta)
 
     def __call__(
         self,
@@ -169,11 +174,11 @@ class IntrinsicRewardConnector(ConnectorV2):
                 continue
             # Actions 0..T-1 of the fragment were taken from its observations 0..T-1 (T is
             # where the next fragment starts).
-            messages = episode.get_observations(slice(0, len(episode)))["message"]
+            observations = episode.get_observations(slice(0, len(episode)))
             combined, r_int, done = self.shaper.shape(
                 episode.id_,
                 episode.t_started,
-                captions(messages),
+                self.step_captions(observations),
                 episode.get_rewards(),
                 episode.is_done,
             )
@@ -199,6 +204,11 @@ class IntrinsicRewardConnector(ConnectorV2):
         totals["seconds"] += time.perf_counter() - start
         return batch
 
+    def step_captions(self, observations: dict[str, np.ndarray]) -> list[str]:
+        """What the reward model reads of each of a fragment's observations (batched by
+        key): Motif's caption, the message line."""
+        return captions(observations["message"])
+
     def drain(self) -> dict[str, float]:
         """The sums since the last call (then reset), with the cache size."""
         totals, self.totals = self.totals, Counter()
@@ -210,16 +220,18 @@ class IntrinsicRewardLearnerMixin:
     of the pieces the algorithm adds when it builds (APPO and PPO both prepend
     `AddOneTsToEpisodesAndTruncate`, which must see the combined rewards, not the raw
     ones), and counts gradient updates. Settings come from
-    `config.learner_config_dict[SETTINGS_KEY]`; without them the learner trains on the env
-    reward."""
+    `config.learner_config_dict[SETTINGS_KEY]`, the connector's keyword arguments (and,
+    under `connector_class`, a subclass to build instead: MaestroMotif's per-skill
+    rewards); without them the learner trains on the env reward."""
 
     def build(self) -> None:
         super().build()
         self.gradient_updates = 0
-        settings = self.config.learner_config_dict.get(SETTINGS_KEY)
+        settings = dict(self.config.learner_config_dict.get(SETTINGS_KEY) or {})
         self.intrinsic_reward_connector = None
         if settings and self._learner_connector is not None:
-            self.intrinsic_reward_connector = IntrinsicRewardConnector(**settings)
+            connector_class = settings.pop("connector_class", IntrinsicRewardConnector)
+            self.intrinsic_reward_connector = connector_class(**settings)
             self._learner_connector.prepend(self.intrinsic_reward_connector)
 
     def apply_gradients(self, gradients_dict) -> None:

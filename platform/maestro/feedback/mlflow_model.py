@@ -19,7 +19,7 @@ class CaptionRewardModel(PythonModel):
     """Captions -> normalised rewards."""
 
     def load_context(self, context):
-        from maestro.methods.motif.reward_model import RewardModel
+        from maestro.feedback.reward_model import RewardModel
 
         data = Path(context.artifacts["reward_model"]).read_bytes()
         self.model = RewardModel.from_bytes(data)

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from maestro.feedback.pairs import Question
+from maestro.feedback.preferences import PreferenceRecord, PreferenceStore
 from maestro.llm import AnnotatorActor, AnnotatorConfig, PairQuestion, TaskText
-from maestro.methods.motif.pairs import Question
-from maestro.methods.motif.preferences import PreferenceRecord, PreferenceStore
 from maestro.metrics import AnnotationMetrics
 
 
@@ -71,13 +71,16 @@ def annotate(
     progress: Callable[..., Any] | None = None,
     on_progress: Callable[[dict[str, float], int], None] | None = None,
     metrics: AnnotationMetrics | None = None,
+    pool: list | None = None,
 ) -> AnnotationResult:
     """Answer every question not yet in `preferences`, batch by batch.
 
     `on_progress(metrics, pairs_done)` is called every few batches with throughput, the
     invalid-answer rate and the queue depth (for MLflow); `metrics` exports the same to
     Prometheus per batch. The queue depth counts questions not yet answered (queued or in
-    flight), in both."""
+    flight), in both. The annotators are started here when needed and stopped at the end,
+    unless the caller keeps them in `pool` (a list, filled on the first call that has
+    questions to ask, left running for the next: MaestroMotif asks one set per skill)."""
     import ray
 
     batches = batches_of(questions, service.batch_size)
@@ -87,16 +90,9 @@ def annotate(
     if not todo:
         return result
 
-    actor_class = ray.remote(
-        num_cpus=service.cpus_per_annotator,
-        num_gpus=service.gpus_per_annotator,
-        max_restarts=service.restarts,
-        max_task_retries=service.restarts,
-    )(AnnotatorActor)
-    actors = [
-        actor_class.remote(annotator.model_dump())
-        for _ in range(min(service.num_annotators, len(todo)))
-    ]
+    actors = pool if pool is not None else []
+    if not actors:
+        actors += annotator_pool(annotator, service, min(service.num_annotators, len(todo)))
     start = time.perf_counter()
     queue = list(reversed(todo))  # pop() gives the lowest batch number first
     in_flight: dict[Any, tuple[int, int, float]] = {}
@@ -161,9 +157,29 @@ def annotate(
     finally:
         if bar is not None:
             bar.close()
-        for actor in actors:
-            ray.kill(actor)
+        if pool is None:
+            stop_pool(actors)
     return result
+
+
+def annotator_pool(annotator: AnnotatorConfig, service: AnnotationServiceConfig, size: int) -> list:
+    """`size` annotator actors (`AnnotatorActor`), restarted by Ray if they die."""
+    import ray
+
+    actor_class = ray.remote(
+        num_cpus=service.cpus_per_annotator,
+        num_gpus=service.gpus_per_annotator,
+        max_restarts=service.restarts,
+        max_task_retries=service.restarts,
+    )(AnnotatorActor)
+    return [actor_class.remote(annotator.model_dump()) for _ in range(size)]
+
+
+def stop_pool(actors: list) -> None:
+    import ray
+
+    for actor in actors:
+        ray.kill(actor)
 
 
 def _example(record: PreferenceRecord) -> dict[str, Any]:
