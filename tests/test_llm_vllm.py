@@ -242,18 +242,17 @@ def test_openai_backend_against_vllm_serve(vllm_server, questions, monkeypatch) 
     assert key not in str(error.value)
 
 
-def test_codegen_loop_against_vllm_serve(vllm_server, monkeypatch, tmp_path) -> None:
-    """MaestroMotif's code-writing loop over the openai backend: the tiny model's noise is
-    never code that passes, so both rounds fail, `CodegenFailed` says so in one line with
-    each round's record, and nothing reaches the store."""
+def test_codegen_loop_against_vllm_serve(vllm_server, monkeypatch) -> None:
+    """MaestroMotif's code-writing loop over the openai backend, through the `CodeWriter` a
+    run starts as an actor: the tiny model's noise is never code that passes, so both rounds
+    fail, the writer returns each round's record, and `CodegenFailed` (which the run raises
+    then, before anything is stored or trained) says so in one line."""
     from maestro.methods.maestromotif.codegen import (
         CodegenConfig,
         CodegenFailed,
         CodeRequest,
-        store_generated,
-        write_code_with,
+        CodeWriter,
     )
-    from maestro.store import open_store
 
     url, key = vllm_server
     monkeypatch.setenv("MAESTRO_LLM_API_KEY", key)
@@ -271,19 +270,20 @@ def test_codegen_loop_against_vllm_serve(vllm_server, monkeypatch, tmp_path) -> 
         kind="skills",
         skills={"discoverer": "explore the level", "descender": "go down a level"},
     )
-    store = open_store(str(tmp_path / "store"))
-    with pytest.raises(CodegenFailed) as failed:
-        store_generated(store, "maestromotif/code/skills", write_code_with(request, config))
+    writer = CodeWriter(config)
+    try:
+        records = writer.write(request)
+    finally:
+        writer.close()
 
-    records = failed.value.records
+    assert isinstance(records, tuple)
     assert [record.round for record in records] == [1, 2]
     assert all(record.stage in ("refused", "unit_test", "checker") for record in records)
     assert all(record.reason and "\n" not in record.reason for record in records)
     assert all(isinstance(record.completion, str) for record in records)
-    message = str(failed.value)
+    message = str(CodegenFailed(request.piece, records))
     assert "\n" not in message
     assert message.startswith("no code for skills passed in 2 rounds; round 2 ")
-    assert store.list() == []
 
 
 def test_hf_backend_from_s3(tiny_llama, questions, s3_env, monkeypatch, tmp_path) -> None:

@@ -123,6 +123,13 @@ def test_skill_env_observations_and_the_per_skill_reward_by_hand() -> None:
         connector(rl_module=None, batch={}, episodes=[piece], explore=False, shared_data={})
     shaped = np.concatenate([p.get_rewards() for p in pieces])
     np.testing.assert_allclose(shaped, a1 * np.array(expected), rtol=1e-5, atol=1e-6)
+    # r_int and steps per acting skill, for skills/intrinsic_reward_per_step/<skill>.
+    stats = connector.drain()
+    acting = skills[:-1]
+    for k in set(acting.tolist()):
+        assert stats[f"skill_steps/{k}"] == (acting == k).sum()
+        mine = np.array(expected)[acting == k].sum()
+        assert stats[f"skill_intrinsic_sum/{k}"] == pytest.approx(mine, rel=1e-6, abs=1e-9)
 
 
 def test_skill_code_that_crashes_or_hangs_is_a_counted_failure_not_a_dead_rollout() -> None:
@@ -259,6 +266,7 @@ def test_maestromotif_run_end_to_end(tmp_path, mlflow_server) -> None:
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     final = child.data.metrics
+    assert "skills/intrinsic_reward_per_step/discoverer" in final
     usage = [final[f"skills/usage/{skill}"] for skill in SKILLS]
     assert sum(usage) == pytest.approx(1.0) and final["skills/usage/discoverer"] > 0
     assert final["env_steps"] >= 1000

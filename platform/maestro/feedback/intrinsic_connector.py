@@ -188,6 +188,7 @@ class IntrinsicRewardConnector(ConnectorV2):
                 # object store: give the episode its own reward array to write into.
                 rewards.data = rewards.data.copy()
             episode.set_rewards(new_data=combined.astype(rewards.data.dtype))
+            self.count_shaped(observations, r_int)
             steps += len(r_int)
             intrinsic_sum += float(r_int.sum())
             if done is not None:
@@ -208,6 +209,10 @@ class IntrinsicRewardConnector(ConnectorV2):
         """What the reward model reads of each of a fragment's observations (batched by
         key): Motif's caption, the message line."""
         return captions(observations["message"])
+
+    def count_shaped(self, observations: dict[str, np.ndarray], r_int: np.ndarray) -> None:
+        """Add what a subclass measures of a shaped fragment to `totals` (Motif: nothing
+        more; MaestroMotif: r_int per skill)."""
 
     def drain(self) -> dict[str, float]:
         """The sums since the last call (then reset), with the cache size."""

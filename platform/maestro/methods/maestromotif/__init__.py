@@ -37,10 +37,10 @@ from maestro.methods.maestromotif.captions import load_skill_captions, reward_in
 from maestro.methods.maestromotif.codegen import (
     CodegenFailed,
     CodeRequest,
+    CodeWriter,
     GeneratedCode,
     load_user_code,
     store_generated,
-    write_code_with,
 )
 from maestro.methods.maestromotif.config import TASKS, MaestroMotifConfig
 from maestro.methods.maestromotif.controller import POLICY, skill_functions
@@ -140,25 +140,36 @@ def stage_code(ctx, skills: SkillSet) -> dict[str, Any]:
         for task in cfg.tasks:
             pieces[task] = read_user_code(ctx, folder / "tasks" / f"{task}.py", (POLICY,))
     else:
-        written = write_code_with(CodeRequest(kind="skills", skills=descriptions), cfg.codegen)
-        policy = write_code_with(
-            CodeRequest(kind="training_policy", skills=descriptions, skills_source=written.source),
-            cfg.codegen,
-        )
-        # One module: the skills' functions and the training policy.
-        source = f"{written.source.rstrip()}\n\n\n{policy.source.strip()}\n"
-        pieces["skills"] = load_generated(source, functions, written, policy)
-        for task in cfg.tasks:
-            pieces[task] = write_logged(
+        import ray
+
+        options = {"num_cpus": cfg.codegen.cpus, "num_gpus": cfg.codegen.gpus}
+        writer = ray.remote(**options)(CodeWriter).remote(cfg.codegen)
+        try:
+            written = write_logged(ctx, writer, CodeRequest(kind="skills", skills=descriptions))
+            policy = write_logged(
                 ctx,
+                writer,
                 CodeRequest(
-                    kind="task_policy",
-                    skills=descriptions,
-                    task_name=task,
-                    task=TASKS[task].description,
-                    skills_source=written.source,
+                    kind="training_policy", skills=descriptions, skills_source=written.source
                 ),
             )
+            # One module: the skills' functions and the training policy.
+            source = f"{written.source.rstrip()}\n\n\n{policy.source.strip()}\n"
+            pieces["skills"] = load_generated(source, functions, written, policy)
+            for task in cfg.tasks:
+                pieces[task] = write_logged(
+                    ctx,
+                    writer,
+                    CodeRequest(
+                        kind="task_policy",
+                        skills=descriptions,
+                        task_name=task,
+                        task=TASKS[task].description,
+                        skills_source=written.source,
+                    ),
+                )
+        finally:
+            ray.kill(writer)
     keys = {}
     for name, code in pieces.items():
         keys[name] = store_generated(ctx.store, ctx.key("code"), code)
@@ -167,16 +178,18 @@ def stage_code(ctx, skills: SkillSet) -> dict[str, Any]:
     return {"skills": keys.pop("skills"), "tasks": keys}
 
 
-def write_logged(ctx, request: CodeRequest) -> GeneratedCode:
-    """`request` written by the language model; when every round fails, the rounds (each
-    completion, where it failed and why) go to MLflow as `code/<piece>.failed.json` before
-    the run fails: nothing reaches training."""
-    try:
-        return write_code_with(request, ctx.config.codegen)
-    except CodegenFailed as failure:
-        rounds = [asdict(record) for record in failure.records]
-        ctx.tracker.log_dict(rounds, f"code/{request.piece.replace(' ', '_')}.failed.json")
-        raise
+def write_logged(ctx, writer, request: CodeRequest) -> GeneratedCode:
+    """`request` written by the language model (`writer`: a `CodeWriter` actor); when every
+    round fails, the rounds (each completion, where it failed and why) go to MLflow as
+    `code/<piece>.failed.json` and the run fails: nothing reaches training."""
+    import ray
+
+    outcome = ray.get(writer.write.remote(request))
+    if isinstance(outcome, GeneratedCode):
+        return outcome
+    rounds = [asdict(record) for record in outcome]
+    ctx.tracker.log_dict(rounds, f"code/{request.piece.replace(' ', '_')}.failed.json")
+    raise CodegenFailed(request.piece, outcome)
 
 
 def read_user_code(ctx, path: Path, functions) -> GeneratedCode:

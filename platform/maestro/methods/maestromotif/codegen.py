@@ -76,6 +76,8 @@ class CodegenConfig(BaseModel):
     prompts: str | None = Field(
         default=None, description="a prompts YAML file; default: codegen_prompts.yaml"
     )
+    gpus: float = Field(default=0.0, ge=0, description="GPUs of the actor holding the model")
+    cpus: float = Field(default=1.0, gt=0, description="CPUs of the actor holding the model")
 
     @field_validator("llm")
     @classmethod
@@ -668,13 +670,24 @@ def what_was_wrong(record: RoundRecord) -> str:
     return f"the check of its results failed it: {record.reason}"
 
 
-def write_code_with(request: CodeRequest, config: CodegenConfig) -> GeneratedCode:
-    """`write_code` with the configured backend, built here and closed afterwards."""
-    annotator = make_annotator(config.llm)
-    try:
-        return write_code(request, annotator, config)
-    finally:
-        annotator.close()
+class CodeWriter:
+    """The configured language model, loaded once, writing piece after piece: a Ray actor
+    in a run (`gpus` and `cpus` of `CodegenConfig`), so a model that needs GPUs gets them.
+    `write` returns the accepted code, or every round's record when none passed (plain
+    data, where an exception would cross Ray's boundary)."""
+
+    def __init__(self, config: CodegenConfig):
+        self.config = config
+        self.generator = make_annotator(config.llm)
+
+    def write(self, request: CodeRequest) -> GeneratedCode | tuple[RoundRecord, ...]:
+        try:
+            return write_code(request, self.generator, self.config)
+        except CodegenFailed as failure:
+            return failure.records
+
+    def close(self) -> None:
+        self.generator.close()
 
 
 # ---------------------------------------------------------------- storage and user code

@@ -69,6 +69,14 @@ class SkillRewardConnector(IntrinsicRewardConnector):
         # SkillRewards applies each skill's eps; none is left for the shared threshold.
         return IntrinsicReward(SkillRewards(models, thresholds), -np.inf, mix.beta)
 
+    def count_shaped(self, observations: dict[str, np.ndarray], r_int: np.ndarray) -> None:
+        """r_int and steps per acting skill (`skill_metrics` in train.py)."""
+        skills = np.asarray(observations["skill"], dtype=np.int64)
+        for skill in np.unique(skills).tolist():
+            acting = skills == skill
+            self.totals[f"skill_intrinsic_sum/{skill}"] += float(r_int[acting].sum())
+            self.totals[f"skill_steps/{skill}"] += int(acting.sum())
+
     def step_captions(self, observations: dict[str, np.ndarray]) -> list[str]:
         return [
             skill_key(int(skill), reward_input(message, int(change)))

@@ -6,8 +6,9 @@ three differences: the envs carry the skill layer (`env.py`: the training policy
 skills and the skills' termination functions choose the acting skill, which the agent sees
 as a one-hot beside the bottom-line stats), each step is rewarded by the acting skill's
 reward model (`intrinsic.py`), and the iteration's logs add `skills/usage/<skill>` (the
-share of the sampled steps each skill acted on) and `skills/failures_per_episode` (skill-code
-calls that failed, `controller.py`).
+share of the sampled steps each skill acted on), `skills/intrinsic_reward_per_step/<skill>`
+(its reward model's r_int per step it acted on) and `skills/failures_per_episode`
+(skill-code calls that failed, `controller.py`).
 
 Evaluation plays fresh games (seeds apart from training's):
 - `skill/<skill>/<measure>`: each skill of `eval_skills` acting alone through whole games
@@ -95,13 +96,21 @@ class SkillStatsCallback(EpisodeStatsCallback):
             )
 
 
-def skill_metrics(result: dict[str, Any], skills: Sequence[str]) -> dict[str, float]:
-    """`skills/usage/<skill>` (its share of the iteration's sampled steps) and
-    `skills/failures_per_episode` (over the episodes that finished)."""
+def skill_metrics(
+    result: dict[str, Any], learner: dict[str, float], skills: Sequence[str]
+) -> dict[str, float]:
+    """`skills/usage/<skill>` (its share of the iteration's sampled steps),
+    `skills/intrinsic_reward_per_step/<skill>` (r_int per step it acted on, among the steps
+    the learner shaped) and `skills/failures_per_episode` (over the episodes that finished)."""
     stats = nested(result, "env_runners", STATS_KEY, default={})
     steps = {skill: count(stats.get(f"skill_steps/{skill}")) for skill in skills}
     total = sum(steps.values())
     metrics = {f"skills/usage/{skill}": n / total for skill, n in steps.items()} if total else {}
+    for index, skill in enumerate(skills):
+        shaped = learner.get(f"skill_steps/{index}", 0)
+        if shaped:
+            r_int = learner[f"skill_intrinsic_sum/{index}"]
+            metrics[f"skills/intrinsic_reward_per_step/{skill}"] = r_int / shaped
     episodes = count(stats.get("episodes"))
     if episodes:
         metrics["skills/failures_per_episode"] = count(stats.get("skill_failures")) / episodes
@@ -158,7 +167,7 @@ def train_skills(
         config,
         trial=trial,
         run_name=run_name,
-        extra_metrics=lambda result: skill_metrics(result, how.skills),
+        extra_metrics=lambda result, learner: skill_metrics(result, learner, how.skills),
     ) as (algo, state, _):
         module = learner_module(algo)
         games = {
