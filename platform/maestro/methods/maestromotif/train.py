@@ -15,7 +15,7 @@ Evaluation plays fresh games (seeds apart from training's):
   (depth, score, ...: `EpisodeStats`'s measures);
 - `task/<task>/success_rate` and `task/<task>/usage/<skill>`: the task's policy over skills
   (its code) composing the trained skills with no further training, a game a success when
-  the task's condition (`config.TASK_SUCCESS`) held at any of its observations.
+  the task's condition (`config.TASKS`) held at any of its observations.
 """
 
 from __future__ import annotations
