@@ -195,12 +195,7 @@ def train_agent(
         trial=trial,
         run_name=run_name,
     ) as (algo, state, resumed_from):
-        games = {
-            "task": task,
-            "episodes": config.eval_episodes,
-            "seed": seed + EVAL_SEED_OFFSET,
-            "max_episode_steps": config.eval_max_episode_steps or config.max_episode_steps,
-        }
+        games = evaluation_games(task, config, seed)
         progress = trial.progress
         records = evaluate_with_progress(learner_module(algo), games, progress, "evaluate agent")
         figures = eval_metrics(records, task)
@@ -210,6 +205,17 @@ def train_agent(
         figures.update(baseline)
         trial.log(figures, step=state.env_steps)
         return TrainingResult(state.env_steps, state.iterations, resumed_from, figures, records)
+
+
+def evaluation_games(task: str, config: RLlibConfig, seed: int) -> dict[str, Any]:
+    """`evaluate_agent`'s arguments for the fresh games an agent trained with `seed` is
+    evaluated on (seeds apart from training's)."""
+    return {
+        "task": task,
+        "episodes": config.eval_episodes,
+        "seed": seed + EVAL_SEED_OFFSET,
+        "max_episode_steps": config.eval_max_episode_steps or config.max_episode_steps,
+    }
 
 
 @contextmanager

@@ -247,7 +247,7 @@ def trial(ctx) -> dict[str, float]:
         task_success={task: TASKS[task].success for task in task_policies},
     )
     # The paper's check of skills that behave differently: the descender ends deeper.
-    if {"descender", "discoverer"} <= set(cfg.eval_skills):
+    if {"skill/descender/depth", "skill/discoverer/depth"} <= set(figures):
         figures[DEPTH_GAP] = figures["skill/descender/depth"] - figures["skill/discoverer/depth"]
     return figures
 

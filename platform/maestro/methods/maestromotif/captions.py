@@ -35,7 +35,7 @@ from maestro.store import ArtifactStore
 # NetHack's hunger states (u.uhs), as the bottom line shows them.
 HUNGER = ("satiated", "not hungry", "hungry", "weak", "fainting", "fainted", "starved")
 LEVEL_CHANGE_WORDS = {-1: "went up a level", 0: "same level", 1: "went down a level"}
-DATASET_COLUMNS = ["episode", "step", "caption", "blstats"]
+DATASET_COLUMNS = ["step", "caption", "blstats"]
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,6 @@ class SkillCaptions:
 def moments_of_table(table: pa.Table) -> tuple[Counter, dict[str, str]]:
     """Caption counts and reward inputs of the rows of one shard (rows in episode order,
     as `maestro.feedback.collect` writes them)."""
-    episodes = table.column("episode").to_numpy()
     steps = table.column("step").to_numpy()
     messages = table.column("caption").to_pylist()
     blstats = field_array(table, "blstats")
@@ -145,7 +144,7 @@ def moments_of_table(table: pa.Table) -> tuple[Counter, dict[str, str]]:
     previous: Moment | None = None
     for row, (message, stats) in enumerate(zip(messages, blstats, strict=True)):
         current = Moment.of(message, stats)
-        if steps[row] == 0 or (row > 0 and episodes[row] != episodes[row - 1]):
+        if steps[row] == 0:  # an episode's first observation
             previous = None
         text = skill_caption(previous, current)
         counts[text] += 1

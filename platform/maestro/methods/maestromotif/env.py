@@ -73,6 +73,14 @@ def skill_controller(
     return SkillController(skills, caller, seed, policy_caller=policy_caller)
 
 
+def skill_observation_space(env_space: gym.spaces.Dict, num_skills: int) -> gym.spaces.Dict:
+    """What the agent sees of one env: its keys, the acting skill and the level change."""
+    spaces = {key: env_space[key] for key in AGENT_OBSERVATION_KEYS}
+    spaces["skill"] = gym.spaces.Discrete(num_skills)
+    spaces["level_change"] = gym.spaces.Box(-1, 1, shape=(), dtype=np.int8)
+    return gym.spaces.Dict(spaces)
+
+
 class SkillEnv(gym.Wrapper):
     """The skill layer over one NetHack env (module docstring). `controller` chooses the
     skill unless `fixed_skill` (an index into `skills`) is given."""
@@ -90,10 +98,7 @@ class SkillEnv(gym.Wrapper):
         self.skills = tuple(skills)
         self.controller = controller
         self.fixed_skill = fixed_skill
-        spaces = {key: env.observation_space[key] for key in AGENT_OBSERVATION_KEYS}
-        spaces["skill"] = gym.spaces.Discrete(len(self.skills))
-        spaces["level_change"] = gym.spaces.Box(-1, 1, shape=(), dtype=np.int8)
-        self.observation_space = gym.spaces.Dict(spaces)
+        self.observation_space = skill_observation_space(env.observation_space, len(skills))
         self._depth = 0
         self._steps: Counter = Counter()
         self._failures_before = 0
@@ -151,10 +156,9 @@ class SkillVectorEnv(gym.vector.VectorWrapper):
         self.skills = tuple(skills)
         self.controllers = list(controllers)
         self.caller = caller
-        spaces = {key: env.single_observation_space[key] for key in AGENT_OBSERVATION_KEYS}
-        spaces["skill"] = gym.spaces.Discrete(len(self.skills))
-        spaces["level_change"] = gym.spaces.Box(-1, 1, shape=(), dtype=np.int8)
-        self.single_observation_space = gym.spaces.Dict(spaces)
+        self.single_observation_space = skill_observation_space(
+            env.single_observation_space, len(skills)
+        )
         self.observation_space = gym.vector.utils.batch_space(
             self.single_observation_space, self.num_envs
         )

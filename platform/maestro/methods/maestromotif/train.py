@@ -29,7 +29,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from maestro.envs.nethack import EPISODE_FIELDS, EpisodeStats, make_env
+from maestro.envs.nethack import EpisodeStats, make_env
 from maestro.feedback.intrinsic import IntrinsicRewardConfig
 from maestro.feedback.reward_model import RewardModel
 from maestro.methods.maestromotif.env import (
@@ -43,9 +43,9 @@ from maestro.methods.maestromotif.intrinsic import skill_learner_settings
 from maestro.rl import training
 from maestro.rl.algorithm import learner_module
 from maestro.rl.env import STATS_KEY, EpisodeStatsCallback, IgnoreResetSeed, training_env_seed
-from maestro.rl.evaluate import EVAL_SEED_OFFSET, evaluate_with_progress
+from maestro.rl.evaluate import eval_metrics, evaluate_with_progress
 from maestro.rl.results import count, nested
-from maestro.rl.training import TrainingConfig, Trial, trained_algorithm
+from maestro.rl.training import TrainingConfig, Trial, evaluation_games, trained_algorithm
 
 SKILL_ENV_NAME = "maestro-nethack-skills"
 
@@ -170,22 +170,14 @@ def train_skills(
         extra_metrics=lambda result, learner: skill_metrics(result, learner, how.skills),
     ) as (algo, state, _):
         module = learner_module(algo)
-        games = {
-            "task": task,
-            "episodes": config.eval_episodes,
-            "seed": seed + EVAL_SEED_OFFSET,
-            "max_episode_steps": config.eval_max_episode_steps or config.max_episode_steps,
-        }
+        games = evaluation_games(task, config, seed)
         figures: dict[str, float] = {"env_steps": float(state.env_steps)}
         for skill in eval_skills:
             game = SkillGames(how.skills, fixed_skill=how.skills.index(skill))
             records = evaluate_with_progress(
                 module, {**games, "make_game_env": game.make}, trial.progress, f"skill {skill}"
             )
-            for name in EPISODE_FIELDS:
-                if name != "success":
-                    value = np.mean([getattr(r, name) for r in records]) if records else 0.0
-                    figures[f"skill/{skill}/{name}"] = float(value)
+            figures.update(eval_metrics(records, task, prefix=f"skill/{skill}"))
         for name, policy_code in task_policies.items():
             game = SkillGames(
                 how.skills,
