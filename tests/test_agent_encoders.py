@@ -89,6 +89,7 @@ def test_crop_gru_module_acts_and_trains_with_recurrent_shapes():
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
 
+    torch.manual_seed(0)  # the weights, so the sampled game is the same in every session
     env = make_env("score")
     spec = module_spec(TINY_CROP_GRU, rollout_fragment_length=16)
     spec.observation_space, spec.action_space = env.observation_space, env.action_space
