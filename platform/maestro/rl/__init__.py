@@ -5,6 +5,11 @@ episode statistics in their metrics (`env`), checkpoints in the artifact store
 MaestroMotif share: the NetHack agent (`agent`), its training loop (`training`) and its
 evaluation (`evaluate`). The learners that add a learned reward are in `maestro.feedback`.
 
+Beside RLlib, compact torch learners for continuous control that import no RLlib: TD3
+(`td3`), SAC (`sac`), their shared networks (`networks`), the replay buffer (`replay`) and
+the interaction loop with evaluation and checkpoints (`off_policy`); docs/architecture.md
+says when a method uses which.
+
 Ray reads `RAY_AUTH_MODE` once, when it is first imported, and these modules import RLlib
 (hence Ray) at import time; so the mode is settled here first (as `init_ray` does), or a
 later `init_ray` would start a token-authenticated cluster this process cannot talk to. A
