@@ -145,7 +145,8 @@ class ControlLoop:
         """Interact until the budget is spent. After every env step `update(self)` runs
         the method's learning (it reads `exploring`, `buffer`, `rng`) and returns metrics;
         every `eval_every` steps `log` gets the evaluation, those metrics' means since the
-        last log and the throughput; at an episode's end past `checkpoint_every` steps
+        last log, the throughput of acting and learning (`perf/env_steps_per_s`) and the
+        evaluation's time (`perf/eval_seconds`); at an episode's end past `checkpoint_every` steps
         since the last, and at the end, `save(env_steps)`. Returns the final metrics."""
         cfg = self.cfg
         sums: dict[str, float] = defaultdict(float)
@@ -170,12 +171,13 @@ class ControlLoop:
             if progress is not None:
                 progress.update(1)
             if self.env_steps % cfg.eval_every == 0:
+                seconds = time.perf_counter() - started
                 returns = evaluate(self.task, self.learner, cfg.eval_episodes, self.seed)
                 self.evaluations.append(float(np.mean(returns)))
-                seconds = time.perf_counter() - started
                 row = {name: sums[name] / counts[name] for name in sums}
                 row["eval/return"] = self.evaluations[-1]
                 row["perf/env_steps_per_s"] = (self.env_steps - since) / seconds
+                row["perf/eval_seconds"] = time.perf_counter() - started - seconds
                 if episode_returns:
                     row["train/episode_return"] = float(np.mean(episode_returns))
                 log(row, self.env_steps)

@@ -75,9 +75,10 @@ class MageLearner:
             if self.diverged(step_metrics):
                 self.td3.reinitialise()
                 self.resets += 1
-        probe = loop.buffer.sample(GRADIENT_PROBE, loop.rng, self.device)["obs"]
-        metrics["critic/grad_a_q_norm"] = losses.action_gradient_norm(self.td3, probe)
-        metrics["critic/resets"] = self.resets
+        if loop.env_steps % loop.cfg.eval_every == 0:  # a snapshot where the loop logs
+            probe = loop.buffer.sample(GRADIENT_PROBE, loop.rng, self.device)["obs"]
+            metrics["critic/grad_a_q_norm"] = losses.action_gradient_norm(self.td3, probe)
+            metrics["critic/resets"] = self.resets
         return metrics
 
     def imagined_update(self, obs: torch.Tensor) -> dict[str, float]:
