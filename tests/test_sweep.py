@@ -470,7 +470,9 @@ def test_pbt_exploits_go_on_from_the_copied_state_and_record_the_new_values(ray_
     assert len(runs) == 4
     perturbed = falls = 0
     for run in runs:
-        history = histories(client, run.info.run_id, "hp/config.exploration")
+        # In the order logged: two exploits can each restart the trial at the same step.
+        points = client.get_metric_history(run.info.run_id, "hp/config.exploration")
+        history = [(m.step, m.value) for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
         assert history and history[0][0] == 10  # the first value, at the first report
         values = [value for _, value in history]
         assert all(value in (0.03, 0.3, 3.0) for value in values)
