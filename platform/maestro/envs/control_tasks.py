@@ -1,11 +1,11 @@
 """gymnasium's continuous-control tasks for the torch learners (`maestro.rl.td3`,
-`maestro.rl.sac`): Pendulum-v1 and the MuJoCo v5 locomotion tasks, each with its reward
+`maestro.rl.sac`): Pendulum-v1 and five MuJoCo v5 tasks, each with its reward
 and termination written as differentiable torch functions of (s, a, s'), for model-based
 learners that imagine transitions (MAGE).
 
 `TASKS` is the one table of them. Each reward is the environment's own formula read from
 the observation, equal to the environment's reward on real transitions within
-`REWARD_TOLERANCE` (float32 rounding; tests/test_control_tasks.py checks it):
+`REWARD_TOLERANCE` (float32 rounding; tests/test_control_learners.py checks it):
 
 - `Pendulum-v1`: -(theta^2 + 0.1 theta_dot^2 + 0.001 u^2) with theta and theta_dot of s
   (theta = atan2(sin, cos), already in [-pi, pi]) and u the action clipped to [-2, 2].

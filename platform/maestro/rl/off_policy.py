@@ -9,6 +9,7 @@ targets, optimisers), the replay buffer, the loop's counters and both random gen
 and is taken between episodes, whose start states come from (seed, episode number). (On
 a GPU, the GPU's own generator is not saved: a resumed trial goes on from the same state,
 with other draws.)
+
 Evaluation episodes start from (seed, episode number) too, the same states at every
 evaluation, so a curve's changes are the policy's.
 """
