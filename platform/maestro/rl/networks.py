@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+import io
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -51,8 +53,6 @@ def make_optimizer(
 
 def frozen_copy(network: nn.Module) -> nn.Module:
     """A target network: a copy that no optimiser moves and no gradient is kept for."""
-    import copy
-
     target = copy.deepcopy(network)
     target.requires_grad_(False)
     return target
@@ -75,3 +75,20 @@ def apply_gradients(
         for group in optimizer.param_groups:
             torch.nn.utils.clip_grad_value_(group["params"], grad_clip)
     optimizer.step()
+
+
+def parts_to_bytes(learner: Any, parts: tuple[str, ...], **values: Any) -> bytes:
+    """The state dicts of `learner`'s `parts` (networks, optimisers) and `values`, as one
+    torch file (a trial's checkpoint entry)."""
+    buffer = io.BytesIO()
+    torch.save({name: getattr(learner, name).state_dict() for name in parts} | values, buffer)
+    return buffer.getvalue()
+
+
+def load_parts(learner: Any, parts: tuple[str, ...], data: bytes, device: str) -> dict[str, Any]:
+    """Load `parts_to_bytes`'s state dicts into `learner`; returns the saved file (its
+    `values` are the learner's to read)."""
+    saved = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    for name in parts:
+        getattr(learner, name).load_state_dict(saved[name])
+    return saved

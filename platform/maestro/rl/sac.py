@@ -14,7 +14,6 @@ the environment's bounds. One update:
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -28,8 +27,10 @@ from maestro.rl.networks import (
     TwinCritic,
     apply_gradients,
     frozen_copy,
+    load_parts,
     make_optimizer,
     mlp,
+    parts_to_bytes,
     soft_update,
 )
 
@@ -181,15 +182,10 @@ class SAC:
 
     def to_bytes(self) -> bytes:
         """Networks, targets, temperature, optimiser states and the update count."""
-        buffer = io.BytesIO()
-        state = {name: getattr(self, name).state_dict() for name in PARTS}
-        torch.save({**state, "log_alpha": self.log_alpha.detach(), "updates": self.updates}, buffer)
-        return buffer.getvalue()
+        return parts_to_bytes(self, PARTS, log_alpha=self.log_alpha.detach(), updates=self.updates)
 
     def load_bytes(self, data: bytes) -> None:
-        saved = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
-        for name in PARTS:
-            getattr(self, name).load_state_dict(saved[name])
+        saved = load_parts(self, PARTS, data, self.device)
         with torch.no_grad():
             self.log_alpha.copy_(saved["log_alpha"])
         self.updates = saved["updates"]

@@ -17,7 +17,6 @@ does not see (it is invariant to the loss's scale), and is what MAGE's code mini
 
 from __future__ import annotations
 
-import io
 from typing import Literal
 
 import numpy as np
@@ -32,8 +31,10 @@ from maestro.rl.networks import (
     TwinCritic,
     apply_gradients,
     frozen_copy,
+    load_parts,
     make_optimizer,
     mlp,
+    parts_to_bytes,
     soft_update,
 )
 
@@ -173,18 +174,10 @@ class TD3:
 
     def to_bytes(self) -> bytes:
         """Networks, targets, optimiser states and the update count."""
-        buffer = io.BytesIO()
-        torch.save(
-            {name: getattr(self, name).state_dict() for name in PARTS} | {"updates": self.updates},
-            buffer,
-        )
-        return buffer.getvalue()
+        return parts_to_bytes(self, PARTS, updates=self.updates)
 
     def load_bytes(self, data: bytes) -> None:
-        saved = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
-        for name in PARTS:
-            getattr(self, name).load_state_dict(saved[name])
-        self.updates = saved["updates"]
+        self.updates = load_parts(self, PARTS, data, self.device)["updates"]
 
 
 PARTS = ("actor", "critic", "actor_target", "critic_target", "actor_optimizer", "critic_optimizer")
