@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -262,10 +262,10 @@ def quiet_transformers() -> None:
 
 
 def resolve_model(uri: str) -> Path:
-    """A local folder holding the model at `uri`: the path itself, or for `s3://` a copy of
-    every object under the prefix, downloaded once into the model cache."""
+    """A local folder holding the model at `uri`: the path itself (or `file://` URI), or for
+    `s3://` a copy of every object under the prefix, downloaded once into the model cache."""
     if not uri.startswith("s3://"):
-        path = Path(uri).expanduser()
+        path = Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri).expanduser()
         if not path.exists():
             raise AnnotatorError(f"model path {uri} does not exist")
         return path

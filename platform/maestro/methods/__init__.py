@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 # Spec name -> module. A method is listed here once it is implemented.
 MODULES: dict[str, str] = {
+    "east": "maestro.methods.east",
     "mage": "maestro.methods.mage",
     "maestromotif": "maestro.methods.maestromotif",
     "motif": "maestro.methods.motif",
