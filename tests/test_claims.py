@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from maestro.claims import Claim, check_claim, interquartile_mean
+from maestro.claims import Claim, check_claim, check_claims, interquartile_mean
 from maestro.spec import SpecError, load_spec
 
 from .conftest import REPO
@@ -177,3 +177,15 @@ def test_a_randomist_run_records_its_claims_in_mlflow(workdir):
     table = html.split("<h2>Paper claims</h2>")[1].split("</table>")[0]
     assert table.count("<tr>") == 4  # the head and the three claims
     assert "reproduced" in table and "contradicted" in table and "inconclusive" in table
+
+
+def test_two_metrics_of_one_arm_compare_with_a_loser_metric():
+    paired = Claim(
+        name="passive_below_active", metric="active", loser_metric="passive", better="higher",
+        compare=("tandem", "tandem"),
+    )  # fmt: skip
+    (result,) = check_claims([paired], {"active": {"tandem": HIGH}, "passive": {"tandem": LOW}})
+    assert result.verdict == "reproduced" and result.metric == "active vs passive"
+    assert (result.winner, result.loser) == ("tandem:active", "tandem:passive")
+    with pytest.raises(ValueError, match="two different arms"):
+        Claim(name="x", metric="m", better="higher", compare=("a", "a"))

@@ -119,3 +119,16 @@ def test_submit_validates_before_contacting_anything(workdir, capsys):
     code = main(["submit", str(path), "--address", "http://127.0.0.1:1"])
     assert code == 2
     assert "config.rounds" in capsys.readouterr().err
+
+
+def test_a_trials_spec_holds_its_arm_even_when_another_arm_would_not_fit_it():
+    """Each arm is checked on the spec's config; a trial's config already holds its arm, and
+    another arm's overlay on it (members 1 on top of CERL's heads) is not that trial's."""
+    from maestro.spec import build_spec, trial_data
+
+    spec = load_spec(REPO / "jobs/cerl/ensemble.yaml", preset="smoke")
+    data = trial_data(spec.resolved(), {"arm": "ensemble_cerl", "seed": 0})
+    trial = build_spec(data, "trial", arm_applied=True)
+    assert trial.config.cerl and trial.config.members == 5
+    with pytest.raises(SpecError, match="trials.arms.single"):
+        build_spec(data, "trial")

@@ -10,6 +10,15 @@ A spec's `claims:` list states a paper's qualitative effects::
         statistic: iqm             # or mean, median
         margin: 0.0                # optional: "not worse by more than margin x the loser's"
 
+Two metrics of one arm compare with `loser_metric` (the passive member of a tandem returns
+less than the active one)::
+
+      - name: passive_below_active
+        metric: active_return      # the winner's metric
+        loser_metric: passive_return
+        better: higher
+        compare: [tandem, tandem]
+
 `check_claim` computes the statistic of each arm over its seeds, and the difference
 `d = stat(winner) - stat(loser)` (negated when lower is better, so d > 0 is the claimed
 direction), plus `margin * |stat(loser)|` when a margin is given (the claim is then that
@@ -26,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Verdict = Literal["reproduced", "contradicted", "inconclusive"]
 REPS = 2000  # bootstrap resamples: intervals stable to about 1% of their width
@@ -44,13 +53,30 @@ class Claim(BaseModel):
     compare: tuple[str, str]
     statistic: Literal["iqm", "mean", "median"] = "iqm"
     margin: float = Field(default=0.0, ge=0, description="tolerated fraction of the loser's")
+    loser_metric: str | None = Field(
+        default=None, description="the loser's metric when it is not `metric`"
+    )
 
-    @field_validator("compare")
-    @classmethod
-    def two_arms(cls, compare: tuple[str, str]) -> tuple[str, str]:
-        if not all(compare) or compare[0] == compare[1]:
-            raise ValueError("compare: name two different arms, [winner, loser]")
-        return compare
+    @model_validator(mode="after")
+    def _two_sides(self) -> Claim:
+        same_metric = self.loser_metric in (None, self.metric)
+        if not all(self.compare) or (self.compare[0] == self.compare[1] and same_metric):
+            raise ValueError(
+                "compare: name two different arms, [winner, loser] (or one arm twice, "
+                "with a loser_metric)"
+            )
+        return self
+
+    def metrics(self) -> tuple[str, str]:
+        """The winner's metric and the loser's."""
+        return self.metric, self.loser_metric or self.metric
+
+    def sides(self) -> tuple[str, str]:
+        """The two sides' names: the arms, or `arm:metric` when the metrics differ."""
+        if self.loser_metric in (None, self.metric):
+            return self.compare
+        winner, loser = self.compare
+        return f"{winner}:{self.metrics()[0]}", f"{loser}:{self.metrics()[1]}"
 
 
 @dataclass(frozen=True)
@@ -143,12 +169,13 @@ def check_claim(
     confidence: float = CONFIDENCE,
     seed: int = 0,
 ) -> ClaimResult:
-    """Check `claim` against `scores` (arm -> one value per seed). Deterministic given
-    `seed`. Raises KeyError naming a missing arm, ValueError for an arm with no seeds."""
+    """Check `claim` against `scores` (side -> one value per seed; the sides are the arms,
+    or `Claim.sides`). Deterministic given `seed`. Raises KeyError naming a missing arm,
+    ValueError for an arm with no seeds."""
     from rliable import library
 
-    winner, loser = claim.compare
-    for arm in claim.compare:
+    winner, loser = claim.sides()
+    for arm in (winner, loser):
         if arm not in scores:
             raise KeyError(f"claim {claim.name}: no arm {arm!r} (have: {', '.join(scores)})")
         if len(scores[arm]) == 0:
@@ -192,7 +219,7 @@ def check_claim(
     difference = estimate("difference")
     return ClaimResult(
         name=claim.name,
-        metric=claim.metric,
+        metric=" vs ".join(dict.fromkeys(claim.metrics())),
         statistic=claim.statistic,
         better=claim.better,
         winner=winner,
@@ -210,7 +237,16 @@ def check_claims(
     claims: list[Claim], seed_scores: dict[str, dict[str, np.ndarray]]
 ) -> list[ClaimResult]:
     """Check every claim against `seed_scores` (metric -> arm -> one value per seed)."""
-    return [check_claim(claim, seed_scores[claim.metric]) for claim in claims]
+    results = []
+    for claim in claims:
+        sides = zip(claim.sides(), claim.compare, claim.metrics(), strict=True)
+        scores = {
+            side: seed_scores[metric][arm]
+            for side, arm, metric in sides
+            if arm in seed_scores[metric]
+        }
+        results.append(check_claim(claim, scores))
+    return results
 
 
 def log_claims(tracker, results: list[ClaimResult]) -> None:

@@ -445,9 +445,10 @@ def aggregate(
         )
     method = get_method(experiment.spec.method)
     for claim in experiment.spec.claims:
-        missing = [r.name for r in results if claim.metric not in r.metrics]
-        if missing:
-            raise RuntimeError(f"claim {claim.name}: trial {missing[0]} has no {claim.metric}")
+        for metric in claim.metrics():
+            missing = [r.name for r in results if metric not in r.metrics]
+            if missing:
+                raise RuntimeError(f"claim {claim.name}: trial {missing[0]} has no {metric}")
     # A method's metrics that every trial returned (a task without a success has no
     # success rate; an experiment that only prepares returns none).
     measured = [m for m in method.metrics if results and all(m in r.metrics for r in results)]

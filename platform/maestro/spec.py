@@ -216,8 +216,12 @@ def build_spec(
     where: str = "<spec>",
     preset: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    arm_applied: bool = False,
 ) -> ExperimentSpec:
-    """Validate spec data (already parsed) with its preset and overrides applied."""
+    """Validate spec data (already parsed) with its preset and overrides applied. With
+    `arm_applied` the config already holds one arm's overlay (a trial's spec,
+    `trial_data`), so the arms' overlays are not checked again on it: two arms may each be
+    valid on the spec's config yet not on each other's."""
     from maestro.methods import UnknownMethod, get_method
 
     data = copy.deepcopy(raw)
@@ -264,7 +268,8 @@ def build_spec(
     except ValidationError as exc:
         raise SpecError(f"{where}: {first_error(exc)}") from None
     check_finite(spec.resolved(), where)
-    check_arms(spec, method, where)
+    if not arm_applied:
+        check_arms(spec, method, where)
     check_claims_fit(spec, method, where)
     return spec.model_copy(update={"source": where, "preset": preset})
 
@@ -302,12 +307,13 @@ def check_claims_fit(spec: ExperimentSpec, method: Any, where: str) -> None:
     arms = spec.arm_names()
     for i, claim in enumerate(spec.claims):
         field = f"{where}: claims.{i}"
-        if claim.metric not in method.metrics:
-            known = ", ".join(method.metrics) or "none"
-            raise SpecError(
-                f"{field}.metric: a {method.name} trial returns no metric "
-                f"{claim.metric!r} (returns: {known})"
-            )
+        for name, metric in zip(("metric", "loser_metric"), claim.metrics(), strict=True):
+            if metric not in method.metrics:
+                known = ", ".join(method.metrics) or "none"
+                raise SpecError(
+                    f"{field}.{name}: a {method.name} trial returns no metric "
+                    f"{metric!r} (returns: {known})"
+                )
         for arm in claim.compare:
             if arm not in arms:
                 raise SpecError(

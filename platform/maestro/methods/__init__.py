@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # Spec name -> module. A method is listed here once it is implemented.
 MODULES: dict[str, str] = {
+    "cerl": "maestro.methods.cerl",
+    "cerl_continuous": "maestro.methods.cerl.continuous",
     "east": "maestro.methods.east",
     "mage": "maestro.methods.mage",
     "maestromotif": "maestro.methods.maestromotif",

@@ -142,13 +142,15 @@ class ControlLoop:
         log: Callable[[dict[str, float], int], None],
         save: Callable[[int], None],
         progress: Any = None,
+        episode_start: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
         """Interact until the budget is spent. After every env step `update(self)` runs
         the method's learning (it reads `exploring`, `buffer`, `rng`) and returns metrics;
         every `eval_every` steps `log` gets the evaluation, those metrics' means since the
         last log, the throughput of acting and learning (`perf/env_steps_per_s`) and the
         evaluation's time (`perf/eval_seconds`); at an episode's end past `checkpoint_every` steps
-        since the last, and at the end, `save(env_steps)`. Returns the final metrics."""
+        since the last, and at the end, `save(env_steps)`; before each episode's first step,
+        `episode_start(episode number)` when given. Returns the final metrics."""
         cfg = self.cfg
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -156,6 +158,8 @@ class ControlLoop:
         last_save, since, started = self.env_steps, self.env_steps, time.perf_counter()
         obs, _ = self.env.reset(seed=start_seed(self.seed, self.episodes))
         episode_return = 0.0
+        if episode_start is not None:
+            episode_start(self.episodes)
         while self.env_steps < cfg.env_steps:
             if self.exploring:
                 action = self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
@@ -194,6 +198,8 @@ class ControlLoop:
                     last_save = self.env_steps
                 obs, _ = self.env.reset(seed=start_seed(self.seed, self.episodes))
                 episode_return = 0.0
+                if episode_start is not None:
+                    episode_start(self.episodes)
         save(self.env_steps)
         return self.final_metrics()
 

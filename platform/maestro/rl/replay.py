@@ -40,7 +40,10 @@ class ReplayBuffer:
         self, batch_size: int, rng: np.random.Generator, device: str = "cpu"
     ) -> dict[str, torch.Tensor]:
         """`batch_size` transitions drawn uniformly (with replacement), tensors on `device`."""
-        index = rng.integers(0, self.size, size=batch_size)
+        return self.batch(rng.integers(0, self.size, size=batch_size), device)
+
+    def batch(self, index: np.ndarray, device: str = "cpu") -> dict[str, torch.Tensor]:
+        """The transitions at `index` (positions in the buffer), tensors on `device`."""
         return {name: torch.from_numpy(getattr(self, name)[index]).to(device) for name in FIELDS}
 
     def to_bytes(self) -> bytes:

@@ -66,7 +66,7 @@ def trial_main(
     if done is not None and done[0] == params:
         tune.report(done[1])
         return
-    spec = build_spec(trial_data(base, params), f"{prefix}/trials/{name}")
+    spec = build_spec(trial_data(base, params), f"{prefix}/trials/{name}", arm_applied=True)
     ctx = TrialContext(
         spec=spec,
         arm=params["arm"],

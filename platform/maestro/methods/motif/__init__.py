@@ -94,7 +94,13 @@ def arm_seed_specs(spec) -> list[tuple[str, int, Any]]:
     resolved = spec.resolved()
     resolved["tracking"]["run_name"] = spec.run_name()
     return [
-        (arm, seed, build_spec(trial_data(resolved, {"arm": arm, "seed": seed}), spec.source))
+        (
+            arm,
+            seed,
+            build_spec(
+                trial_data(resolved, {"arm": arm, "seed": seed}), spec.source, arm_applied=True
+            ),
+        )
         for arm in spec.arm_names()
         for seed in spec.seeds()
     ]
