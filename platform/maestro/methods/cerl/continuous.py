@@ -30,7 +30,7 @@ from maestro.rl.networks import (
     parts_to_bytes,
     soft_update,
 )
-from maestro.rl.off_policy import ControlLoop, OffPolicyConfig
+from maestro.rl.off_policy import ControlLoop, OffPolicyConfig, evaluate
 from maestro.rl.sac import GaussianActor, SACConfig, actor_loss, alpha_loss, soft_target
 
 
@@ -203,8 +203,6 @@ class EnsembleSAC:
 def trial(ctx) -> dict[str, float]:
     """One arm on one seed: the ensemble interacts for `loop.env_steps`; every member is
     evaluated at the end."""
-    from maestro.rl.off_policy import evaluate
-
     cfg: ContinuousConfig = ctx.config
     torch.manual_seed(ctx.seed)
     torch.set_num_threads(1)

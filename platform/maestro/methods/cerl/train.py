@@ -84,12 +84,16 @@ class SharedReplay:
     def add(self, obs, action: int, reward: float, next_obs, terminated: bool, member: int,
             step: int) -> None:  # fmt: skip
         i = self.position
-        newest = (lambda o: o[-1]) if self.stack > 1 else (lambda o: o)
-        self.frame[i], self.next_frame[i], self.step[i] = newest(obs), newest(next_obs), step
+        self.frame[i], self.next_frame[i] = self.newest(obs), self.newest(next_obs)
+        self.step[i] = step
         self.action[i], self.reward[i], self.terminated[i] = action, reward, terminated
         self.member[i] = member
         self.position = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+
+    def newest(self, obs: np.ndarray) -> np.ndarray:
+        """The frame of `obs` this buffer stores: its last (stacked frames) or all of it."""
+        return obs[-1] if self.stack > 1 else obs
 
     def observations(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The observations and next observations of the transitions at `index`."""
