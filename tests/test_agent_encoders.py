@@ -179,3 +179,49 @@ def test_use_lstm_from_older_specs_is_read_as_the_core():
     assert not AgentConfig(core="mlp").recurrent and AgentConfig(core="gru").recurrent
     with pytest.raises(ValidationError, match="conflicts with core"):
         AgentConfig(use_lstm=True, core="gru")
+
+
+def uncut_message_code(trunk: NetHackTrunk, message: torch.Tensor) -> torch.Tensor:
+    """The message encoder's formula over all `message_length` bytes, nothing cut."""
+    message = message[:, : trunk.config.message_length].long()
+    present = (message != 0).unsqueeze(1).float()
+    embedded = trunk.message_bytes(message).transpose(1, 2)
+    conv = torch.relu(trunk.message_conv(embedded))
+    return trunk.message_head((conv * present).sum(-1) / present.sum(-1).clamp(min=1.0))
+
+
+def test_message_code_skips_the_nul_tail_without_changing_codes_or_gradients():
+    # Real messages from play, an empty one, and one whose last byte is the line's last.
+    env = make_env("score", seed=3)
+    obs, _ = env.reset()
+    messages = [obs["message"]]
+    for action in [0, 1, 2, 3, 4, 5, 6, 7] * 4:
+        obs, *_ = env.step(action)
+        messages.append(obs["message"])
+    env.close()
+    full = np.zeros(256, dtype=np.uint8)
+    full[-5:] = list(b"dead!")
+    message = torch.from_numpy(np.stack([*messages, np.zeros(256, np.uint8), full]))
+    assert 0 < int((message[:-2] != 0).sum(1).max()) < 100  # NetHack's lines are short
+    config = AgentConfig(message_length=256, message_kernel=5)
+    torch.manual_seed(0)
+    trunk = NetHackTrunk(config, blstats_size=27)
+
+    for batch in (message[:-1], message, message[-2:-1]):  # short lines, the full one, empty
+        trunk.zero_grad()
+        cut = trunk.message_code(batch)
+        cut.square().sum().backward()
+        grads = [p.grad.clone() for p in trunk.parameters() if p.grad is not None]
+        trunk.zero_grad()
+        uncut = uncut_message_code(trunk, batch)
+        uncut.square().sum().backward()
+        torch.testing.assert_close(cut, uncut, rtol=1e-5, atol=1e-6)
+        expected = [p.grad for p in trunk.parameters() if p.grad is not None]
+        assert len(grads) == len(expected) == 5  # embedding, conv and head weights and biases
+        for got, want in zip(grads, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_message_kernel_must_be_odd():
+    with pytest.raises(ValidationError, match="odd"):
+        AgentConfig(message_kernel=4)

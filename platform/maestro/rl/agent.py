@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.utils import make_target_network
 from ray.rllib.core.rl_module.apis import (
@@ -76,7 +76,9 @@ class AgentConfig(BaseModel):
     )
     message_embedding_dim: int = Field(default=8, ge=1, description="per message byte")
     message_channels: int = Field(default=32, ge=1)
-    message_kernel: int = Field(default=5, ge=1)
+    message_kernel: int = Field(
+        default=5, ge=1, description="odd, so each byte's code is centred on the byte"
+    )
     message_dim: int = Field(default=32, ge=1, description="message code size")
     blstats_dim: int = Field(default=32, ge=1, description="bottom-line stats code size")
     core_dim: int = Field(default=128, ge=1, description="core width")
@@ -105,6 +107,13 @@ class AgentConfig(BaseModel):
         if data.setdefault("core", core) != core:
             raise ValueError(f"use_lstm: {use_lstm} conflicts with core: {data['core']}")
         return data
+
+    @field_validator("message_kernel")
+    @classmethod
+    def odd_kernel(cls, kernel: int) -> int:
+        if kernel % 2 == 0:
+            raise ValueError(f"message_kernel: expected an odd width (got {kernel})")
+        return kernel
 
     @property
     def recurrent(self) -> bool:
@@ -138,6 +147,16 @@ def crop_around(cells: torch.Tensor, cursor: torch.Tensor, size: int) -> torch.T
     window_columns = (column[:, None] + offsets)[:, None, :]
     index = window_rows * padded.shape[2] + window_columns
     return padded.reshape(n, -1).gather(1, index.reshape(n, -1)).reshape(n, size, size)
+
+
+def cut_nul_tail(message: torch.Tensor, kernel: int) -> torch.Tensor:
+    """`message` [N, L] without the columns after the batch's last non-NUL byte and the
+    `kernel`-wide convolution's reach past it: the mean over non-NUL bytes reads none of
+    them, and NetHack's messages rarely fill a tenth of their 256 bytes. One column
+    stays when every message is empty."""
+    used = (message != 0).any(dim=0).nonzero()
+    end = int(used[-1]) + 1 + kernel // 2 if len(used) else 1
+    return message[:, :end]
 
 
 def lookup(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -204,17 +223,22 @@ class NetHackTrunk(nn.Module):
             cells = crop_around(cells, obs["tty_cursor"], self.config.crop_size)
         return cells
 
+    def message_code(self, message: torch.Tensor) -> torch.Tensor:
+        """Codes [N, message_dim] of message lines [N, 256]: byte embeddings, the 1-d
+        convolution, its mean over the message's non-NUL bytes (0 for an empty message)."""
+        message = message[:, : self.config.message_length].long()
+        message = cut_nul_tail(message, self.config.message_kernel)
+        present = (message != 0).unsqueeze(1).float()
+        conv = torch.relu(self.message_conv(lookup(self.message_bytes, message).transpose(1, 2)))
+        pooled = (conv * present).sum(-1) / present.sum(-1).clamp(min=1.0)
+        return self.message_head(pooled)
+
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-step codes [N, core_dim] of flat (no time axis) observations."""
         screen = lookup(self.cells, self.screen_cells(obs)).permute(0, 3, 1, 2)
         screen = self.screen_head(self.screen_cnn(screen))
 
-        message = obs["message"][:, : self.config.message_length].long()
-        present = (message != 0).unsqueeze(1).float()
-        conv = torch.relu(self.message_conv(lookup(self.message_bytes, message).transpose(1, 2)))
-        # Mean over the message's bytes, NULs (padding) left out; an empty message gives 0.
-        pooled = (conv * present).sum(-1) / present.sum(-1).clamp(min=1.0)
-        message_code = self.message_head(pooled)
+        message_code = self.message_code(obs["message"])
 
         stats = signed_log(obs["blstats"].float())
         if self.num_skills:
