@@ -48,10 +48,10 @@ from sample_factory.train import make_runner
 
 from maestro.rl.agent import AgentConfig, NetHackTrunk
 from maestro.rl.env import make_training_env
-from maestro.rl.results import nested, sampled_env_steps
 from maestro.rl.training import TrainingConfig, algorithm_config
 from maestro.runtime import init_ray
 from maestro.spec import ResourcesSpec
+from nethack_vs_reference import maestro_turn as timed_iterations
 from nethack_vs_reference import parameter_count, training_config
 
 ENV_NAME = "maestro_nethack"
@@ -193,7 +193,8 @@ def sample_factory_turn(
 def maestro_turn(
     config: TrainingConfig, cores: int, task: str, warmup: float, seconds: float
 ) -> None:
-    """One Maestro run in this process (its own local Ray cluster); prints a JSON line like
+    """One Maestro run in this process (its own local Ray cluster): `--warmup` seconds of
+    iterations, then the reference bench's timed iterations; prints a JSON line like
     `sample_factory_turn`'s, plus RLlib's timers."""
     init_ray(ResourcesSpec(num_cpus=cores))
     algo = algorithm_config(task, config, seed=0, epoch=0, settings=None).build_algo()
@@ -201,18 +202,11 @@ def maestro_turn(
         start = time.perf_counter()
         while time.perf_counter() - start < warmup:
             algo.train()
-        sampled, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            result = algo.train()
-            sampled += sampled_env_steps(result)
-        elapsed = time.perf_counter() - start
+        rate, _, timers = timed_iterations(algo, seconds)
         parameters = parameter_count(algo.get_module())
     finally:
         algo.stop()
-    sample = nested(result, "env_runners", "sample", default=0.0)
-    update = nested(result, "learners", "__all_modules__", "learner_thread_update_timer", default=0)
-    timers = f"env runner {sample:.2f} s per sample call, learner {update:.2f} s per batch"
-    turn = {"rate": sampled / elapsed, "seconds": elapsed, "parameters": parameters}
+    turn = {"rate": rate, "seconds": seconds, "parameters": parameters}
     print(json.dumps({**turn, "timers": timers}), flush=True)
 
 
