@@ -19,7 +19,7 @@ in what its env runner sampled while the reference ran) and then times about `--
 The best turn of each side is kept: a shared machine only ever adds time.
 
     python bench/nethack_vs_reference.py [--seconds 20] [--repeats 2] [--agent small|paper]
-        [--threads N]
+        [--threads N] [--appo_loss rllib|sample_factory]
 
 `--agent small`: the quickstart's agent (whole screen, LSTM 128); `paper`: the `full`
 preset's (12x12 crop, GRU 512), with the quickstart's training settings.
@@ -49,19 +49,25 @@ from maestro.runtime import init_ray
 from maestro.spec import ResourcesSpec, load_spec
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "jobs" / "motif" / "quickstart.yaml"
+APPO_LOSSES = ("rllib", "sample_factory")
 
 
-def training_config(agent: str, cores: int, threads: int | None) -> TrainingConfig:
+def training_config(
+    agent: str, cores: int, threads: int | None, appo_loss: str | None = None
+) -> TrainingConfig:
     """The quickstart's `train:` settings with one env runner per core but one, the
-    `small` (quickstart) or `paper` (`full` preset) agent and `threads` torch threads for
-    learning and acting in the driver (None: the quickstart's); the train batch is one
-    rollout fragment of every env, what each of the reference's updates takes."""
+    `small` (quickstart) or `paper` (`full` preset) agent, `threads` torch threads for
+    learning and acting in the driver and APPO's loss `appo_loss` (None: the quickstart's);
+    the train batch is one rollout fragment of every env, what each of the reference's
+    updates takes."""
     train = load_spec(QUICKSTART).config.train
     runners = cores - 1
     batch = runners * train.num_envs_per_env_runner * train.rollout_fragment_length
     update = {"num_env_runners": runners, "train_batch_size": batch}
     if threads is not None:
         update["torch_threads"] = threads
+    if appo_loss is not None:
+        update["appo_loss"] = appo_loss
     if agent == "paper":
         update["agent"] = load_spec(QUICKSTART, preset="full").config.train.agent.model_dump()
     return TrainingConfig.model_validate({**train.model_dump(), **update})
@@ -270,9 +276,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="turns of each side")
     parser.add_argument("--agent", choices=("small", "paper"), default="small")
     parser.add_argument("--threads", type=int, help="torch threads in the driver (both sides)")
+    parser.add_argument("--appo_loss", choices=APPO_LOSSES, help="Maestro's (the quickstart's)")
     args = parser.parse_args()
 
-    config = training_config(args.agent, args.cores, args.threads)
+    config = training_config(args.agent, args.cores, args.threads, args.appo_loss)
     torch.set_num_threads(config.torch_threads or torch.get_num_threads())
     reference = Reference(args.task, config, workers=args.cores)
 
@@ -281,7 +288,11 @@ def main() -> None:
     try:
         sizes = parameter_count(reference.model), parameter_count(algo.get_module())
         assert sizes[0] == sizes[1], f"parameters: reference {sizes[0]}, maestro {sizes[1]}"
-        print(f"{args.agent} agent ({config.agent.core} core): {sizes[0]} parameters", flush=True)
+        print(
+            f"{args.agent} agent ({config.agent.core} core, {config.appo_loss} loss): "
+            f"{sizes[0]} parameters",
+            flush=True,
+        )
         while sampled_env_steps(algo.train()) == 0:
             pass  # env runners starting
         best = {"reference": 0.0, "maestro": 0.0}

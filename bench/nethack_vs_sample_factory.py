@@ -11,7 +11,7 @@ same linear heads; parameter counts asserted equal to Maestro's module) and the 
 training sizes (envs, rollout fragment, batch, whole-fragment recurrence, one pass over
 each batch, lr, gamma, coefficients, gradient clip, no input or return normalisation).
 One difference: SF's advantages are GAE (its default; its v-trace path fails in 2.1.1),
-Maestro's APPO uses v-trace and a target network.
+Maestro's are v-trace (with `--appo_loss rllib`, RLlib's loss, also a target network).
 
 Sample Factory is not in the project's lock (it pins numpy < 2 and gymnasium < 1 but runs
 on the lock's numpy 2 and gymnasium 1.2): `make install-bench` adds it with --no-deps.
@@ -24,7 +24,7 @@ sampled; SF: its learner's count after each training step). The best turn of eac
 kept: a shared machine only ever adds time.
 
     python bench/nethack_vs_sample_factory.py [--seconds 30] [--repeats 2]
-        [--agent small|paper]
+        [--agent small|paper] [--threads N] [--appo_loss rllib|sample_factory]
 
 Goal (issue 15): maestro / sample factory >= 1.0.
 """
@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 
+import torch
 from sample_factory.algo.runners.runner import AlgoObserver
 from sample_factory.algo.utils.context import global_model_factory
 from sample_factory.cfg.arguments import parse_full_cfg, parse_sf_args
@@ -51,8 +52,8 @@ from maestro.rl.env import make_training_env
 from maestro.rl.training import TrainingConfig, algorithm_config
 from maestro.runtime import init_ray
 from maestro.spec import ResourcesSpec
+from nethack_vs_reference import APPO_LOSSES, parameter_count, training_config
 from nethack_vs_reference import maestro_turn as timed_iterations
-from nethack_vs_reference import parameter_count, training_config
 
 ENV_NAME = "maestro_nethack"
 
@@ -196,6 +197,8 @@ def maestro_turn(
     """One Maestro run in this process (its own local Ray cluster): `--warmup` seconds of
     iterations, then the reference bench's timed iterations; prints a JSON line like
     `sample_factory_turn`'s, plus RLlib's timers."""
+    # The driver's torch threads as `train_agent` sets them (the quickstart's, or --threads).
+    torch.set_num_threads(config.torch_threads or torch.get_num_threads())
     init_ray(ResourcesSpec(num_cpus=cores))
     algo = algorithm_config(task, config, seed=0, epoch=0, settings=None).build_algo()
     try:
@@ -216,6 +219,10 @@ def run_turn(side: str, args) -> dict:
     command = [sys.executable, __file__, "--turn", side, "--agent", args.agent]
     command += ["--cores", str(args.cores), "--task", args.task]
     command += ["--warmup", str(args.warmup), "--seconds", str(args.seconds)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if args.appo_loss:
+        command += ["--appo_loss", args.appo_loss]
     # A failed SF process leaves the others waiting, so the turn has a deadline.
     limit = args.warmup + args.seconds + 180
     out = subprocess.run(command, capture_output=True, text=True, check=False, timeout=limit)
@@ -233,14 +240,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=20.0, help="untimed per turn")
     parser.add_argument("--repeats", type=int, default=2, help="turns of each side")
     parser.add_argument("--agent", choices=("small", "paper"), default="small")
+    parser.add_argument("--threads", type=int, help="Maestro driver's torch threads")
+    parser.add_argument("--appo_loss", choices=APPO_LOSSES, help="Maestro's (the quickstart's)")
     parser.add_argument("--turn", choices=TURNS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    config = training_config(args.agent, args.cores, threads=None)
+    config = training_config(args.agent, args.cores, args.threads, args.appo_loss)
     if args.turn:
         TURNS[args.turn](config, args.cores, args.task, args.warmup, args.seconds)
         return
 
-    print(f"{args.agent} agent ({config.agent.core} core)", flush=True)
+    print(f"{args.agent} agent ({config.agent.core} core, {config.appo_loss} loss)", flush=True)
     best = dict.fromkeys(TURNS, 0.0)
     parameters = set()
     for repeat in range(args.repeats):

@@ -4,7 +4,8 @@ on the same cores, in one run.
 Raw: as many processes as the training uses (the driver with its learner, plus each env
 runner) each step a bare NLE env of the task with random actions, nothing else, for a
 fixed time; their steps add up. Training: Motif's RLlib APPO loop (the smoke agent, the
-intrinsic reward on, one env runner per remaining core) over the same cores. The ratio
+quickstart's Sample Factory loss, the intrinsic reward on, one env runner per remaining
+core) over the same cores. The ratio
 is the share of NetHack's own speed that the training loop reaches: the rest is the
 headroom left to the agent's forward passes, RLlib's connectors and the learner.
 
@@ -71,6 +72,7 @@ def training_steps_per_s(task: str, env_runners: int, iterations: int, num_envs:
     model = RewardModel(CaptionRewardNet(RewardModelConfig()), Normalisation(0.0, 1.0, 0.0))
     config = TrainingConfig(
         algorithm="appo",
+        appo_loss="sample_factory",
         num_env_runners=env_runners,
         num_envs_per_env_runner=num_envs,
         max_episode_steps=1000,

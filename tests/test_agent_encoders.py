@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from maestro.envs.nethack import make_env
 from maestro.rl.agent import AgentConfig, NetHackTrunk, module_spec
+from maestro.rl.appo import WaitingCircularBuffer
 from maestro.rl.evaluate import AgentPolicy
 from maestro.rl.training import TrainingConfig, algorithm_config
 
@@ -137,9 +138,12 @@ def test_crop_gru_module_acts_and_trains_with_recurrent_shapes():
     assert module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS].shape == (2, 4, 23)
 
 
-def test_appo_learner_updates_the_crop_gru_module_on_sampled_fragments():
+@pytest.mark.parametrize("appo_loss", ["rllib", "sample_factory"])
+def test_appo_learner_updates_the_crop_gru_module_on_sampled_fragments(appo_loss):
     """An APPO learner built as training builds it takes one update on fragments sampled
-    by RLlib's own env runner (in this process)."""
+    by RLlib's own env runner (in this process). Sample Factory's loss never runs the
+    target network, and on fragments the learner's own weights sampled its policy ratio
+    is 1."""
     from ray.rllib.core.learner.learner import Learner
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
     from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
@@ -152,21 +156,30 @@ def test_appo_learner_updates_the_crop_gru_module_on_sampled_fragments():
         train_batch_size=32,
         max_episode_steps=100,
         agent=TINY_CROP_GRU,
+        appo_loss=appo_loss,
     )
     algo_config = algorithm_config("score", config, seed=0, epoch=0, settings=None)
     env = make_env("score")
     learner = algo_config.build_learner(env=env)
     env.close()
+    assert type(learner._learner_thread_in_queue) is WaitingCircularBuffer
+    module = learner.module["default_policy"]
+    if appo_loss == "sample_factory":
+        module.forward_target = None
     runner = SingleAgentEnvRunner(config=algo_config, worker_index=0)
     runner.set_state({"rl_module": learner.module.get_state()})
     episodes = runner.sample(num_timesteps=32)
-    before = [p.detach().clone() for p in learner.module["default_policy"].parameters()]
+    before = [p.detach().clone() for p in module.parameters()]
     # The base `Learner.update` is the step APPO's learner thread takes on each batch;
     # calling it here makes the step synchronous.
-    Learner.update(learner, episodes=episodes, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: 32})
-    after = list(learner.module["default_policy"].parameters())
+    results = Learner.update(
+        learner, episodes=episodes, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: 32}
+    )
+    after = list(module.parameters())
     assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
     assert all(torch.isfinite(p).all() for p in after)
+    if appo_loss == "sample_factory":
+        assert results["default_policy"]["mean_rho"].peek() == pytest.approx(1.0, abs=1e-5)
     runner.stop()
     learner.shutdown()
 

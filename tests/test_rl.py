@@ -358,14 +358,17 @@ class OneTrial:
         return progress_bar(total, desc, unit)
 
 
+# Both APPO losses: RLlib's, and Sample Factory's that the quickstart trains with.
+@pytest.mark.parametrize("appo_loss", ["rllib", "sample_factory"])
 def test_training_with_the_intrinsic_reward_raises_it(
-    reward_model, local_ray, mlflow_server, monkeypatch
+    appo_loss, reward_model, local_ray, mlflow_server, monkeypatch
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     tracker = Tracker.start("maestro-test-rl", "learns", params={}, tags={})
     trial = OneTrial(tracker)
     config = TrainingConfig(
         algorithm="appo",
+        appo_loss=appo_loss,
         env_steps=12_000,
         max_episode_steps=100,
         num_env_runners=1,

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ray.rllib.algorithms.appo.torch.appo_torch_learner import APPOTorchLearner
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 
 from maestro.envs.nethack import captions
 from maestro.feedback.intrinsic import IntrinsicReward, IntrinsicRewardConfig, combine
 from maestro.feedback.reward_model import RewardModel
+from maestro.rl.appo import MaestroAPPOLearner
 from maestro.rl.results import finite
 
 # Where the connector's settings travel in `config.learner_config_dict`.
@@ -255,8 +255,8 @@ class IntrinsicRewardLearnerMixin:
         return stats
 
 
-class IntrinsicRewardAPPOLearner(IntrinsicRewardLearnerMixin, APPOTorchLearner):
-    """RLlib's APPO torch learner with Motif's reward."""
+class IntrinsicRewardAPPOLearner(IntrinsicRewardLearnerMixin, MaestroAPPOLearner):
+    """Maestro's APPO torch learner (`maestro.rl.appo`) with Motif's reward."""
 
 
 class IntrinsicRewardPPOLearner(IntrinsicRewardLearnerMixin, PPOTorchLearner):

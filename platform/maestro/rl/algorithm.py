@@ -7,10 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from maestro.rl.acting import env_to_module, module_to_env
+from maestro.rl.appo import APPO_LOSS_KEY, MaestroAPPOLearner
 from maestro.rl.env import ENV_NAME, EpisodeStatsCallback, make_training_env
 
 
@@ -21,6 +23,11 @@ class RLlibConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     algorithm: Literal["appo", "ppo"] = "appo"
+    appo_loss: Literal["rllib", "sample_factory"] = Field(
+        default="rllib",
+        description="APPO's loss: RLlib's (target network) or Sample Factory's, the papers' "
+        "(`maestro.rl.appo`)",
+    )
     env_steps: int = Field(
         default=20_000, ge=0, description="train until this many env steps (0: the initial policy)"
     )
@@ -61,6 +68,12 @@ class RLlibConfig(BaseModel):
         description="torch threads of the driver (local learner, evaluation); None: torch's",
     )
 
+    @model_validator(mode="after")
+    def _loss_of_its_algorithm(self) -> RLlibConfig:
+        if self.algorithm != "appo" and self.appo_loss != "rllib":
+            raise ValueError(f"appo_loss {self.appo_loss!r} needs algorithm appo")
+        return self
+
 
 def rllib_config(
     task: str,
@@ -76,8 +89,9 @@ def rllib_config(
     callbacks: type = EpisodeStatsCallback,
 ) -> AlgorithmConfig:
     """RLlib's APPO or PPO config on the new API stack for `task`, acting with
-    `module_spec`; `learner_class` (None: RLlib's torch learner of the algorithm) gets
-    `learner_config` as its `config.learner_config_dict`. `epoch` counts the run's resumes:
+    `module_spec`; `learner_class` (None: `maestro.rl.appo.MaestroAPPOLearner` for APPO,
+    RLlib's torch learner for PPO) gets `learner_config` and `config.appo_loss` as its
+    `config.learner_config_dict`. `epoch` counts the run's resumes:
     the env runners' games come from (seed, epoch), see `env.make_training_env`.
     `env_creator` (a name and a function of the env config) makes the envs, with
     `env_config` added to the config it gets; `callbacks` sums their episodes' measures."""
@@ -107,7 +121,11 @@ def rllib_config(
             "minibatch_size": config.minibatch_size or config.train_batch_size,
         }
         epochs = config.num_epochs
-    learners: dict[str, Any] = {"learner_config_dict": learner_config or {}}
+    learners: dict[str, Any] = {
+        "learner_config_dict": {**(learner_config or {}), APPO_LOSS_KEY: config.appo_loss}
+    }
+    if learner_class is None and config.algorithm == "appo":
+        learner_class = MaestroAPPOLearner
     if learner_class is not None:
         learners["learner_class"] = learner_class
     return (
@@ -138,6 +156,12 @@ def rllib_config(
             # RLlib samples on the local env runner while no remote one is healthy (a
             # killed runner being replaced): it needs envs of its own for that.
             create_env_on_local_worker=config.num_env_runners > 0,
+            # One connector piece each way instead of RLlib's default pipelines, which
+            # took a quarter of the env runner's time (`maestro.rl.acting`).
+            env_to_module_connector=env_to_module,
+            module_to_env_connector=module_to_env,
+            add_default_connectors_to_env_to_module_pipeline=False,
+            add_default_connectors_to_module_to_env_pipeline=False,
         )
         # A killed or crashed env runner is replaced (after a second) and training goes
         # on; only a run of failures with no sample in between stops it.
