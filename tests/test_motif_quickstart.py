@@ -26,6 +26,7 @@ TRAIN_STEPS = 4096
 SETTINGS = {
     "config.collect.num_shards": 4,
     "config.train.algorithm": "ppo",
+    "config.train.appo_loss": "rllib",  # an APPO setting; PPO has RLlib's loss
     "config.train.env_steps": TRAIN_STEPS,
     "config.train.num_envs_per_env_runner": 8,
     "config.train.train_batch_size": 512,

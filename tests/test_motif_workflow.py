@@ -22,6 +22,7 @@ SMALL = {  # every step as small as still makes sense
     "config.collect.max_episode_steps": 300,
     "config.pairs.num_draws": 600,
     "config.train.algorithm": "ppo",
+    "config.train.appo_loss": "rllib",  # an APPO setting; PPO has RLlib's loss
     "config.train.env_steps": 1024,
     "config.train.num_envs_per_env_runner": 4,
     "config.train.train_batch_size": 512,

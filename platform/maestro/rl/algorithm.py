@@ -71,7 +71,10 @@ class RLlibConfig(BaseModel):
     @model_validator(mode="after")
     def _loss_of_its_algorithm(self) -> RLlibConfig:
         if self.algorithm != "appo" and self.appo_loss != "rllib":
-            raise ValueError(f"appo_loss {self.appo_loss!r} needs algorithm appo")
+            raise ValueError(
+                f"appo_loss {self.appo_loss!r} needs algorithm appo; "
+                f"with {self.algorithm} set appo_loss: rllib"
+            )
         return self
 
 
