@@ -5,9 +5,9 @@ Raw: as many processes as the training uses (the driver with its learner, plus e
 runner) each step a bare NLE env of the task with random actions, nothing else, for a
 fixed time; their steps add up. Training: Motif's RLlib APPO loop (the smoke agent, the
 quickstart's Sample Factory loss, the intrinsic reward on, one env runner per remaining
-core) over the same cores. The ratio
-is the share of NetHack's own speed that the training loop reaches: the rest is the
-headroom left to the agent's forward passes, RLlib's connectors and the learner.
+core) over the same cores. The ratio is the share of NetHack's own speed that the training
+loop reaches: the rest is the headroom left to the agent's forward passes, RLlib's
+connectors and the learner.
 
     python bench/training_headroom.py [--seconds 30] [--iterations 4]
 """
