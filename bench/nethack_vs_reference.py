@@ -34,6 +34,7 @@ import multiprocessing
 import time
 from functools import partial
 from pathlib import Path
+from typing import get_args
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +50,7 @@ from maestro.runtime import init_ray
 from maestro.spec import ResourcesSpec, load_spec
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "jobs" / "motif" / "quickstart.yaml"
-APPO_LOSSES = ("rllib", "sample_factory")
+APPO_LOSSES = get_args(TrainingConfig.model_fields["appo_loss"].annotation)
 
 
 def training_config(

@@ -18,6 +18,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# NetHack agent sizes (`AgentConfig`) as small as the encoders allow, for CPU tests.
+TINY_AGENT = dict(
+    char_embedding_dim=4,
+    screen_channels=[8, 8],
+    screen_dim=16,
+    message_length=32,
+    message_embedding_dim=4,
+    message_channels=8,
+    message_dim=8,
+    blstats_dim=8,
+    core_dim=16,
+)
 # Fake credentials for the local S3 server: not secrets, but tests check they never leak.
 S3_KEY_ID = "maestro-test-key-id"
 S3_SECRET = "maestro-test-secret-value-1234"

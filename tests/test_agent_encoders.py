@@ -15,20 +15,10 @@ from maestro.rl.appo import WaitingCircularBuffer
 from maestro.rl.evaluate import AgentPolicy
 from maestro.rl.training import TrainingConfig, algorithm_config
 
+from .conftest import TINY_AGENT
+
 EAT = ord("e")
-TINY_CROP_GRU = AgentConfig(
-    screen="crop",
-    core="gru",
-    char_embedding_dim=4,
-    screen_channels=[8, 8],
-    screen_dim=16,
-    message_length=32,
-    message_embedding_dim=4,
-    message_channels=8,
-    message_dim=8,
-    blstats_dim=8,
-    core_dim=16,
-)
+TINY_CROP_GRU = AgentConfig(screen="crop", core="gru", **TINY_AGENT)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -20,20 +20,10 @@ from maestro.rl.agent import AgentConfig, module_spec
 from maestro.rl.appo import WaitingCircularBuffer
 from maestro.rl.training import TrainingConfig, algorithm_config
 
+from .conftest import TINY_AGENT
+
 # Ray is first imported through `maestro.rl` (which settles its auth mode), so RLlib's own
 # names are imported in the tests.
-
-TINY = dict(
-    char_embedding_dim=4,
-    screen_channels=[8],
-    screen_dim=16,
-    message_length=32,
-    message_embedding_dim=4,
-    message_channels=8,
-    message_dim=8,
-    blstats_dim=8,
-    core_dim=16,
-)
 
 
 def sample_twice(algo_config, monkeypatch, weights=None):
@@ -63,7 +53,7 @@ def test_acting_connectors_sample_what_rllibs_default_pipelines_sample(core, mon
         num_envs_per_env_runner=3,
         rollout_fragment_length=8,
         max_episode_steps=12,
-        agent=AgentConfig(core=core, **TINY),
+        agent=AgentConfig(core=core, **TINY_AGENT),
     )
     maestro = algorithm_config("score", config, seed=0, epoch=0, settings=None)
     rllib = maestro.copy(copy_frozen=False).env_runners(
@@ -105,7 +95,7 @@ def test_module_to_env_refuses_an_output_it_would_drop():
     from ray.rllib.core.columns import Columns
 
     env = make_env("score")
-    spec = module_spec(AgentConfig(core="mlp", **TINY), rollout_fragment_length=8)
+    spec = module_spec(AgentConfig(core="mlp", **TINY_AGENT), rollout_fragment_length=8)
     spec.observation_space, spec.action_space = env.observation_space, env.action_space
     env.close()
     batch = {Columns.ACTION_DIST_INPUTS: torch.zeros(2, 23), Columns.VF_PREDS: torch.zeros(2)}

@@ -16,7 +16,7 @@ not, on whole arrays:
   log-probabilities, the time axis removed, and per-env items for the episodes.
 
 They consume the same random numbers and produce the same values, dtypes and shapes as
-RLlib's defaults (`tests/test_acting.py` samples with both and compares), so training
+RLlib's defaults (`tests/test_rllib_speed.py` samples with both and compares), so training
 with them is the same training.
 """
 

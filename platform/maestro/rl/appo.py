@@ -99,8 +99,8 @@ def sample_factory_loss(
         v_s, advantages = vtrace(
             rho.detach().clamp(max=1.0), values.detach(), bootstrap_values, rewards, discounts, mask
         )
+        advantage_mean = masked_mean(advantages, mask)
         n = torch.sum(mask)
-        advantage_mean = torch.sum(advantages * mask) / n
         advantage_std = torch.sqrt(torch.sum((advantages - advantage_mean) ** 2 * mask) / (n - 1))
         advantages = (advantages - advantage_mean) / advantage_std.clamp_min(1e-7)
     clipped_rho = rho.clamp(1.0 / (1.0 + eps), 1.0 + eps)
